@@ -1,0 +1,3 @@
+"""virtiofsd-nydus: lazy-loading container images for VM sandboxes."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""From OCI sources to a bootstrap + chunk blobs, and back."""

@@ -1,0 +1,1 @@
+"""Command lines, configuration, the service that wires vhost, FUSE and storage together."""

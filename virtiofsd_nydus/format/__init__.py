@@ -1,0 +1,1 @@
+"""The on-disk image format: bootstrap layout, mmap reader, writer, Merkle tree."""

@@ -1,0 +1,1 @@
+"""The FUSE protocol (sans-I/O) and the file systems served over it."""

@@ -1,0 +1,1 @@
+"""Where chunk bytes come from: backends, the local cache, the verifying fetcher."""
