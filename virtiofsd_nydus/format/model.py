@@ -33,6 +33,7 @@ class Chunk:
     blob_index: int  # index into Image.blobs
     compressed_offset: int  # byte offset inside the blob
     compressed_size: int
+    uncompressed_offset: int  # offset of its data in the blob's uncompressed view (cache)
     uncompressed_size: int  # == chunk_size except for a file's last chunk
     compressed: bool  # False: stored raw (zstd did not shrink it)
 
