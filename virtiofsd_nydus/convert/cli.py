@@ -1,14 +1,27 @@
-"""``vnydus``: image tools (convert, inspect, check, unpack, ls)."""
+"""``vnydus``: image tools (convert, push, inspect, check, unpack, ls)."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
+import structlog
+
 from .. import __version__
-from .._cli import NotImplementedCommand, run_main
+from .._cli import run_main
 
 PROG = "vnydus"
+
+
+def _size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    mult = units.get(t[-1:], 1)
+    try:
+        return int(t[:-1] if t[-1:] in units else t) * mult
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad size {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,14 +31,48 @@ def build_parser() -> argparse.ArgumentParser:
         "verified, lazily loadable images and inspect them.",
     )
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     c = sub.add_parser(
         "convert",
         help="convert an image (oci:, docker-archive:, docker://, "
         "dir:, tar:) into an OCI layout holding a bootstrap and blobs",
     )
-    c.add_argument("source")
+    c.add_argument(
+        "source", help="oci:DIR[:TAG] | docker-archive:FILE | docker://REF | dir:PATH | tar:FILE"
+    )
     c.add_argument("output_dir")
+    c.add_argument(
+        "--chunk-size", type=_size, default="1M", help="power of two, 4K..16M (default 1M)"
+    )
+    c.add_argument("--compression-level", type=int, default=3, help="zstd level (default 3)")
+    c.add_argument(
+        "--chunk-dict",
+        nargs="+",
+        default=[],
+        metavar="IMAGE_DIR",
+        help="reuse these images' chunks",
+    )
+    c.add_argument(
+        "--platform", help="os/arch[/variant] to pick from an index (default: this host)"
+    )
+    c.add_argument(
+        "--tls-verify",
+        default="true",
+        choices=["true", "false"],
+        help="false: skip TLS checks, allow http",
+    )
+    c.add_argument("--src-creds", metavar="USER:PASS")
+    c.add_argument("--push", metavar="docker://REF", help="push the result to a registry")
+    c.add_argument("--dest-tls-verify", default="true", choices=["true", "false"])
+    c.add_argument("--dest-creds", metavar="USER:PASS")
+    c.add_argument("--jobs", type=int, default=None, help="hash/compress threads (default: CPUs)")
+    c.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    ps = sub.add_parser("push", help="push a converted image to a registry (only missing blobs)")
+    ps.add_argument("image_dir")
+    ps.add_argument("dest", metavar="docker://REF")
+    ps.add_argument("--dest-tls-verify", default="true", choices=["true", "false"])
+    ps.add_argument("--dest-creds", metavar="USER:PASS")
     i = sub.add_parser("inspect", help="summarise an image, or show one path")
     i.add_argument("image_dir")
     i.add_argument("path", nargs="?")
@@ -39,11 +86,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _setup_logging(level: str) -> None:
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso"),
+            structlog.dev.ConsoleRenderer(colors=False),
+        ],
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
 
     def body() -> int:
-        raise NotImplementedCommand(f"'{args.command}' (issue: the image format and converter)")
+        if args.command == "convert":
+            from .cmd_convert import run
+        elif args.command == "push":
+            from .cmd_push import run
+        elif args.command == "inspect":
+            from .cmd_inspect import run
+        elif args.command == "check":
+            from .cmd_check import run
+        elif args.command == "unpack":
+            from .cmd_unpack import run
+        else:
+            from .cmd_ls import run
+        return run(args)
 
     return run_main(PROG, body)
 

@@ -1,0 +1,116 @@
+"""Tar members → ``Entry`` records, streaming (PAX, GNU, sparse, xattrs, ns mtimes)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import tarfile
+import urllib.parse
+from collections.abc import Iterator
+
+import structlog
+
+from ..errors import ImageError
+from .entries import Entry, Kind, normalize
+from .streams import ForwardReader
+
+log = structlog.get_logger(__name__)
+
+_XATTR_SCHILY = "SCHILY.xattr."
+_XATTR_LIBARCHIVE = "LIBARCHIVE.xattr."
+
+
+def _fsencode(s: str) -> bytes:
+    return s.encode("utf-8", "surrogateescape")
+
+
+def _mtime_ns(ti: tarfile.TarInfo) -> int:
+    """The PAX mtime keeps nanoseconds; tarfile turns it into a float, which does not."""
+    text = ti.pax_headers.get("mtime")
+    if text:
+        neg = text.startswith("-")
+        whole, _, frac = text.lstrip("-").partition(".")
+        try:
+            ns = int(whole or "0") * 1_000_000_000 + int((frac + "000000000")[:9] or "0")
+        except ValueError:
+            ns = int(ti.mtime * 1_000_000_000)
+        return -ns if neg else ns
+    return int(ti.mtime) * 1_000_000_000
+
+
+def _xattrs(ti: tarfile.TarInfo) -> dict[bytes, bytes]:
+    out: dict[bytes, bytes] = {}
+    for key, value in ti.pax_headers.items():
+        if key.startswith(_XATTR_SCHILY):
+            out[_fsencode(key[len(_XATTR_SCHILY) :])] = _fsencode(value)
+        elif key.startswith(_XATTR_LIBARCHIVE):
+            name = urllib.parse.unquote_to_bytes(key[len(_XATTR_LIBARCHIVE) :])
+            try:
+                out[name] = base64.b64decode(value)
+            except ValueError:
+                raise ImageError(f"bad LIBARCHIVE.xattr value for {ti.name!r}") from None
+    return out
+
+
+def _entry(tf: tarfile.TarFile, ti: tarfile.TarInfo) -> Entry | None:
+    path = normalize(_fsencode(ti.name))
+    e = Entry(
+        path=path,
+        kind=Kind.FILE,
+        mode=ti.mode & 0o7777,
+        uid=ti.uid,
+        gid=ti.gid,
+        mtime_ns=_mtime_ns(ti),
+        xattrs=_xattrs(ti),
+    )
+    if ti.isreg():
+        e.size = ti.size
+        e.content = tf.extractfile(ti)
+        sparse = getattr(ti, "sparse", None)
+        if sparse is not None:
+            e.data_ranges = [(int(o), int(n)) for o, n in sparse]
+    elif ti.isdir():
+        e.kind = Kind.DIR
+    elif ti.issym():
+        e.kind = Kind.SYMLINK
+        e.link = _fsencode(ti.linkname)
+    elif ti.islnk():
+        e.kind = Kind.HARDLINK
+        e.link = normalize(_fsencode(ti.linkname))
+    elif ti.ischr() or ti.isblk():
+        e.kind = Kind.CHAR if ti.ischr() else Kind.BLOCK
+        e.rdev = os.makedev(ti.devmajor, ti.devminor)
+    elif ti.isfifo():
+        e.kind = Kind.FIFO
+    else:
+        log.warning("skipping tar member of unsupported type", name=ti.name, type=ti.type)
+        return None
+    return e
+
+
+def iter_tar(stream: ForwardReader, what: str) -> Iterator[Entry]:
+    """Yield a layer's entries in archive order. Each entry's content is readable until the
+    next one is requested. Raises ImageError for a corrupt or truncated archive."""
+    try:
+        tf = tarfile.open(
+            fileobj=stream,  # type: ignore[arg-type]
+            mode="r:",
+            encoding="utf-8",
+            errors="surrogateescape",
+        )
+    except tarfile.ReadError as exc:
+        raise ImageError(f"{what}: not a tar archive ({exc})") from None
+    try:
+        while True:
+            ti = tf.next()
+            if ti is None:
+                break
+            tf.members.clear()  # we resolve links ourselves; don't hold every header
+            e = _entry(tf, ti)
+            if e is not None:
+                yield e
+    except (tarfile.TarError, EOFError) as exc:
+        raise ImageError(f"{what}: corrupt tar ({exc})") from None
+    # tarfile treats a truncated or garbled header as the end: insist on a real one
+    if stream.last_read.strip(b"\0") or len(stream.last_read) < tarfile.BLOCKSIZE:
+        raise ImageError(f"{what}: truncated or corrupt tar (no end-of-archive marker)")
