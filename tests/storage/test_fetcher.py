@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -250,3 +252,59 @@ def test_bad_chunk_records_are_image_errors(image: BuiltImage, tmp_path: Path) -
         store.close()
         backend.close()
     assert backend.reads == []
+
+
+class GatedBackend(CountingBackend):
+    """Holds every read until ``release`` is set (or ``auto_release`` reads have arrived)."""
+
+    def __init__(self, blob_dir: Path, auto_release: int = 0) -> None:
+        super().__init__(blob_dir)
+        self.entered = threading.Semaphore(0)
+        self.release = threading.Event()
+        self.auto_release = auto_release
+        self._arrived = 0
+
+    def try_read_sync(self, blob_digest: str, offset: int, size: int) -> bytes:
+        self.entered.release()
+        with self._count_lock:
+            self._arrived += 1
+            if self.auto_release and self._arrived >= self.auto_release:
+                self.release.set()
+        assert self.release.wait(60), "gate never opened"
+        return super().try_read_sync(blob_digest, offset, size)
+
+
+@pytest.mark.timeout(120)
+def test_concurrent_threads_share_one_fetch(image: BuiltImage, make_store: StoreFactory) -> None:
+    backend = GatedBackend(image.blob_dir)
+    store = make_store(backend)
+    with ThreadPoolExecutor(4) as pool:
+        owner = pool.submit(store.read_chunk, 4)
+        assert backend.entered.acquire(timeout=60)  # the owner is inside the backend
+        others = [pool.submit(store.read_chunk, 4) for _ in range(3)]
+        while store.metrics.coalesced < 3:  # all three are waiting on the owner's fetch
+            assert not any(f.done() for f in others)
+            threading.Event().wait(0.01)
+        backend.release.set()
+        assert [f.result() for f in [owner, *others]] == [image.data[4]] * 4
+    assert len(backend.reads) == 1
+
+
+@pytest.mark.timeout(120)
+def test_blocking_read_on_the_loop_thread_does_not_deadlock(
+    image: BuiltImage, make_store: StoreFactory
+) -> None:
+    """A blocking read on the loop's own thread can't wait for the loop's fetch: it fetches."""
+    backend = GatedBackend(image.blob_dir, auto_release=2)
+    store = make_store(backend)
+
+    async def run() -> tuple[bytes, bytes]:
+        task = asyncio.create_task(store.aread_chunk(4))
+        await asyncio.sleep(0)  # the task claims chunk 4 and starts its fetch
+        while not backend.entered.acquire(blocking=False):
+            await asyncio.sleep(0.01)
+        blocking = store.read_chunk(4)  # on the loop thread, while the task's fetch waits
+        return blocking, await task
+
+    assert asyncio.run(run()) == (image.data[4], image.data[4])
+    assert len(backend.reads) == 2

@@ -47,6 +47,7 @@ class StoreMetrics:
     cache_verified: int = 0  # cached chunks checked and accepted this lifetime
     cache_corrupt: int = 0  # cached chunks that failed their digest and were dropped
     misses: int = 0  # chunks that had to come from a backend
+    coalesced: int = 0  # requests that waited for a fetch another request started
     backend_reads: int = 0  # range reads issued (after merging)
     bytes_fetched: int = 0  # stored bytes read from backends
     verify_failures: int = 0  # fetched chunks whose bytes did not decode/verify
@@ -185,6 +186,7 @@ class ChunkStore:
                 other = self._inflight.get(i)
                 if other is not None and can_wait:
                     waits.append(other)
+                    self.metrics.coalesced += 1
                     continue
                 fut: Future[None] = Future()
                 if other is None:
