@@ -234,8 +234,8 @@ class Frontend:
 
     def remove_region(self, region: GuestRegion) -> None:
         if self.neg.protocol & vm.P_CONFIGURE_MEM_SLOTS:
-            # QEMU attaches the region's fd to REM_MEM_REG too; back-ends match on addresses.
-            self.send(vm.Req.REM_MEM_REG, vm.single_region(region.wire()), [region.fd])
+            # The spec says no fd here (back-ends match on addresses; some reject an fd).
+            self.send(vm.Req.REM_MEM_REG, vm.single_region(region.wire()))
             self.mem.remove(region)
         else:
             self.mem.remove(region)

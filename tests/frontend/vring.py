@@ -195,6 +195,15 @@ class SplitRing:
         self.set_desc(head, gpa, 16 * len(bufs), F_INDIRECT, 0)
         return head
 
+    def take(self, n: int) -> list[int]:
+        """Reserve N descriptor indices for raw editing (give them back with `give`)."""
+        if n > len(self.free):
+            raise MemoryError(f"{n} descriptors wanted, {len(self.free)} free")
+        return [self.free.pop() for _ in range(n)]
+
+    def give(self, indices: Sequence[int]) -> None:
+        self.free.extend(indices)
+
     def free_chain(self, head: int) -> None:
         self.free.extend(reversed(self.chains.pop(head)))
 

@@ -1,0 +1,327 @@
+"""Named benchmark workloads against any vhost-user-fs back-end.
+
+Each workload discovers what it needs (file sizes, names, node ids) through FUSE itself,
+starting from a path in the served tree, so the same run works on any back-end.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+from . import fuse_abi as fa
+from .client import FuseClient
+from .frontend import Frontend
+from .pipeline import Pipeline, run
+
+WORKLOADS = ("seqread128k", "randread4k", "lookup", "getattr", "readdirplus")
+_Q = struct.Struct("<Q")
+_I = struct.Struct("<I")
+
+
+@dataclass
+class Result:
+    workload: str
+    ops: int
+    seconds: float
+    ops_per_s: float
+    bytes: int
+    mb_per_s: float
+    p50_us: float
+    p99_us: float
+    queue_depth: int
+    queues: int
+
+    def line(self) -> str:
+        return (
+            f"{self.workload}: {self.ops_per_s:,.0f} ops/s, {self.mb_per_s:,.1f} MB/s, "
+            f"p50 {self.p50_us:.0f} us, p99 {self.p99_us:.0f} us "
+            f"({self.ops} ops in {self.seconds:.2f}s, depth {self.queue_depth} x "
+            f"{self.queues} queue(s))"
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass
+class Node:
+    parent: int
+    name: bytes
+    nodeid: int
+    mode: int
+    size: int
+
+
+class Session:
+    """Frontend + client + discovery, and the lookup counts to FORGET at the end."""
+
+    def __init__(self, fe: Frontend) -> None:
+        self.fe = fe
+        self.fs = FuseClient(fe)
+        self.fs.init()
+        self.lookups: Counter[int] = Counter()
+        self.after: list[Callable[[], None]] = []  # run after the pipelines stop
+
+    def resolve(self, path: str) -> fa.EntryOut | None:
+        """Walk PATH from the root with LOOKUPs; None for the root itself."""
+        nodeid, entry = fa.ROOT_ID, None
+        for part in [p for p in path.encode().split(b"/") if p]:
+            entry = self.fs.lookup(nodeid, part)
+            self.lookups[entry.nodeid] += 1
+            nodeid = entry.nodeid
+        return entry
+
+    def walk(self, top: int, limit: int) -> list[Node]:
+        """Breadth-first READDIRPLUS listing of up to LIMIT entries under node TOP."""
+        out: list[Node] = []
+        todo = [top]
+        while todo and len(out) < limit:
+            parent = todo.pop(0)
+            for d in self.fs.listdir(parent, plus=True):
+                if d.name in (b".", b"..") or d.entry is None or not d.entry.nodeid:
+                    continue
+                self.lookups[d.entry.nodeid] += 1
+                a = d.entry.attr
+                out.append(Node(parent, d.name, d.entry.nodeid, a.mode, a.size))
+                if (a.mode & 0o170000) == 0o040000:
+                    todo.append(d.entry.nodeid)
+        return out[:limit]
+
+    def forget_all(self) -> None:
+        items = [(n, c) for n, c in self.lookups.items() if n != fa.ROOT_ID]
+        for i in range(0, len(items), 256):
+            self.fs.batch_forget(items[i : i + 256])
+        self.lookups.clear()
+
+
+def _pick_file(sess: Session, path: str, min_size: int) -> tuple[int, int]:
+    """(nodeid, size) of PATH, or of the biggest regular file under the directory PATH."""
+    entry = sess.resolve(path)
+    if entry is not None and (entry.attr.mode & 0o170000) == 0o100000:
+        node, size = entry.nodeid, entry.attr.size
+    else:
+        top = fa.ROOT_ID if entry is None else entry.nodeid
+        files = [n for n in sess.walk(top, 10000) if (n.mode & 0o170000) == 0o100000]
+        if not files:
+            raise ValueError(f"no regular file under {path}")
+        best = max(files, key=lambda n: n.size)
+        node, size = best.nodeid, best.size
+    if size < min_size:
+        raise ValueError(f"{path}: biggest file is {size} bytes, need at least {min_size}")
+    return node, size
+
+
+def _read_pipes(sess: Session, path: str, io: int, depth: int, queues: int, seq: bool,
+                indirect: bool) -> list[Pipeline]:  # fmt: skip
+    node, size = _pick_file(sess, path, io)
+    fh = sess.fs.open(node).fh
+    nblocks = size // io
+    state = {"next": 0}
+    rnd = random.Random(1234)
+    offsets = [rnd.randrange(nblocks) * io for _ in range(1 << 16)]
+    pack = _Q.pack_into
+
+    def prepare(p: Pipeline, slots: Sequence[int]) -> None:
+        view, stride, k = p.in_view, p.in_stride, state["next"]
+        if seq:
+            for s in slots:
+                pack(view, s * stride + 48, (k % nblocks) * io)
+                k += 1
+        else:
+            for s in slots:
+                pack(view, s * stride + 48, offsets[k & 0xFFFF])
+                k += 1
+        state["next"] = k
+
+    tmpl = fa.request(fa.Op.READ, 0, node, fa.read_in(fh, 0, io))
+    return [
+        Pipeline(sess.fe, q, depth, tmpl, io, expect_len=16 + io, prepare=prepare,
+                 indirect=indirect)  # fmt: skip
+        for q in range(1, queues + 1)
+    ]
+
+
+def _tree(sess: Session, path: str, limit: int = 20000) -> list[Node]:
+    entry = sess.resolve(path)
+    nodes = sess.walk(fa.ROOT_ID if entry is None else entry.nodeid, limit)
+    if not nodes:
+        raise ValueError(f"nothing under {path}")
+    return nodes
+
+
+def _getattr_pipes(sess: Session, path: str, depth: int, queues: int,
+                   indirect: bool) -> list[Pipeline]:  # fmt: skip
+    ids = [n.nodeid for n in _tree(sess, path)]
+    state = {"next": 0}
+    pack = _Q.pack_into
+
+    def prepare(p: Pipeline, slots: Sequence[int]) -> None:
+        view, stride, k, n = p.in_view, p.in_stride, state["next"], len(ids)
+        for s in slots:
+            pack(view, s * stride + 16, ids[k % n])
+            k += 1
+        state["next"] = k
+
+    tmpl = fa.request(fa.Op.GETATTR, 0, ids[0], fa.getattr_in())
+    return [
+        Pipeline(sess.fe, q, depth, tmpl, 104, expect_len=16 + 104, prepare=prepare,
+                 indirect=indirect)  # fmt: skip
+        for q in range(1, queues + 1)
+    ]
+
+
+def _lookup_pipes(sess: Session, path: str, depth: int, queues: int,
+                  indirect: bool) -> list[Pipeline]:  # fmt: skip
+    nodes = _tree(sess, path)
+    names = [n.name + b"\0" for n in nodes]
+    parents = [n.parent for n in nodes]
+    counts = [0] * len(nodes)
+    state = {"next": 0}
+    pack_q, pack_i = _Q.pack_into, _I.pack_into
+    if indirect:
+        raise ValueError("lookup rewrites descriptor lengths: run it without --indirect")
+
+    def prepare(p: Pipeline, slots: Sequence[int]) -> None:
+        view, stride, k, n = p.in_view, p.in_stride, state["next"], len(nodes)
+        desc, heads = p.ring.desc_view, p.head_of
+        for s in slots:
+            i = k % n
+            name = names[i]
+            base = s * stride
+            total = 40 + len(name)
+            pack_i(view, base, total)
+            pack_q(view, base + 16, parents[i])
+            view[base + 40 : base + total] = name
+            pack_i(desc, 16 * heads[s] + 8, total)
+            counts[i] += 1
+            k += 1
+        state["next"] = k
+
+    def forget_counts() -> None:
+        for i, c in enumerate(counts):
+            if c:
+                sess.lookups[nodes[i].nodeid] += c
+
+    sess.after.append(forget_counts)
+    tmpl = fa.request(fa.Op.LOOKUP, 0, fa.ROOT_ID, fa.lookup_in(b"x"))
+    return [
+        Pipeline(sess.fe, q, depth, tmpl, 128, in_room=40 + 256, expect_len=16 + 128,
+                 prepare=prepare)  # fmt: skip
+        for q in range(1, queues + 1)
+    ]
+
+
+def _readdirplus_pipes(sess: Session, path: str, io: int, depth: int, queues: int,
+                       indirect: bool) -> list[Pipeline]:  # fmt: skip
+    entry = sess.resolve(path)
+    node = fa.ROOT_ID if entry is None else entry.nodeid
+    fh = sess.fs.opendir(node).fh
+    pages: list[tuple[int, list[int]]] = []  # (offset, node ids the page returns)
+    off = 0
+    while True:
+        batch = sess.fs.readdirplus(node, fh, off, io)
+        if not batch:
+            break
+        ids = [d.entry.nodeid for d in batch if d.entry is not None and d.entry.nodeid]
+        for i in ids:
+            sess.lookups[i] += 1
+        pages.append((off, ids))
+        off = batch[-1].off
+    counts = [0] * len(pages)
+    state = {"next": 0}
+    pack = _Q.pack_into
+
+    def prepare(p: Pipeline, slots: Sequence[int]) -> None:
+        view, stride, k, n = p.in_view, p.in_stride, state["next"], len(pages)
+        for s in slots:
+            i = k % n
+            pack(view, s * stride + 48, pages[i][0])
+            counts[i] += 1
+            k += 1
+        state["next"] = k
+
+    def forget_counts() -> None:
+        for i, c in enumerate(counts):
+            for nid in pages[i][1]:
+                sess.lookups[nid] += c
+
+    def release() -> None:
+        sess.fs.releasedir(node, fh)
+
+    sess.after += [forget_counts, release]
+    tmpl = fa.request(fa.Op.READDIRPLUS, 0, node, fa.read_in(fh, 0, io))
+    return [
+        Pipeline(sess.fe, q, depth, tmpl, io, prepare=prepare, indirect=indirect)
+        for q in range(1, queues + 1)
+    ]
+
+
+def run_workload(
+    socket: str,
+    name: str,
+    *,
+    path: str = "/",
+    queue_depth: int = 64,
+    seconds: float = 5.0,
+    warmup: float = 0.5,
+    queues: int = 1,
+    queue_size: int = 1024,
+    io_size: int | None = None,
+    event_idx: bool = True,
+    indirect: bool = False,
+) -> Result:
+    """Connect to SOCKET as a fresh front-end, run workload NAME, disconnect cleanly."""
+    if name not in WORKLOADS:
+        raise ValueError(f"unknown workload {name!r} (one of {', '.join(WORKLOADS)})")
+    io = io_size or {"seqread128k": 128 << 10, "randread4k": 4096, "readdirplus": 4096}.get(
+        name, 0
+    )
+    per_slot = io + 4096
+    mem_size = max(64 << 20, (queue_depth * queues * per_slot * 2 + (48 << 20)) & ~0xFFFFF)
+    fe = Frontend(socket, mem_size=mem_size, request_queues=queues, queue_size=queue_size,
+                  event_idx=event_idx, indirect=indirect).start()  # fmt: skip
+    try:
+        sess = Session(fe)
+        nq = fe.request_queues
+        depth = min(queue_depth, queue_size // 2 - 8)
+        builders: dict[str, Callable[[], list[Pipeline]]] = {
+            "seqread128k": lambda: _read_pipes(sess, path, io, depth, nq, True, indirect),
+            "randread4k": lambda: _read_pipes(sess, path, io, depth, nq, False, indirect),
+            "getattr": lambda: _getattr_pipes(sess, path, depth, nq, indirect),
+            "lookup": lambda: _lookup_pipes(sess, path, depth, nq, indirect),
+            "readdirplus": lambda: _readdirplus_pipes(sess, path, io, depth, nq, indirect),
+        }
+        pipes = builders[name]()
+        if warmup > 0:
+            run(fe, pipes, warmup)
+            for p in pipes:
+                p.latencies.clear()
+                p.completed = 0
+        stats = run(fe, pipes, seconds)
+        for p in pipes:
+            p.release()
+        for hook in sess.after:
+            hook()
+        sess.forget_all()
+        fe.stop()
+    finally:
+        fe.close()
+    lat = sorted(stats.latencies_ns)
+    ops = stats.completed
+    nbytes = ops * io if name in ("seqread128k", "randread4k") else 0
+    return Result(
+        workload=name,
+        ops=ops,
+        seconds=stats.seconds,
+        ops_per_s=ops / stats.seconds if stats.seconds else 0.0,
+        bytes=nbytes,
+        mb_per_s=nbytes / stats.seconds / 1e6 if stats.seconds else 0.0,
+        p50_us=lat[len(lat) // 2] / 1000 if lat else 0.0,
+        p99_us=lat[min(len(lat) - 1, len(lat) * 99 // 100)] / 1000 if lat else 0.0,
+        queue_depth=depth,
+        queues=nq,
+    )
