@@ -308,3 +308,16 @@ def test_blocking_read_on_the_loop_thread_does_not_deadlock(
 
     assert asyncio.run(run()) == (image.data[4], image.data[4])
     assert len(backend.reads) == 2
+
+
+@pytest.mark.timeout(60)  # a half-claimed batch would leave the next request waiting forever
+def test_a_bad_index_in_a_batch_claims_nothing(image: BuiltImage, make_store: StoreFactory) -> None:
+    store = make_store()
+    with pytest.raises(ImageError, match="out of range"):
+        store.ensure_range([0, 1, len(image.chunks)])
+    with pytest.raises(ImageError, match="out of range"):
+        asyncio.run(store.ensure_chunks([2, -1]))
+    # nothing was left half-claimed: the same chunks fetch normally afterwards
+    assert store.metrics.misses == 0
+    store.ensure_range([0, 1, 2])
+    assert [store.read_chunk(i) for i in range(3)] == image.data[:3]

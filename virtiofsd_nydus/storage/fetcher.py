@@ -82,7 +82,7 @@ class ChunkStore:
         self.max_attempts = max(max_attempts, len(self.backends), 1)
         self.merge_limit = merge_limit
         self._max_reads = max_concurrent_reads
-        self._read_slots: asyncio.Semaphore | None = None
+        self._read_slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(
             max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="chunk-cpu"
@@ -177,8 +177,12 @@ class ChunkStore:
         """Split chunks into ours to settle and others' fetches to wait for."""
         owned: dict[int, Future[None]] = {}
         waits: list[Future[None]] = []
+        # Look every chunk up first: a bad index must fail before anything is claimed.
+        looked: list[tuple[int, BlobCache, int]] = []
         for i in dict.fromkeys(indices):
             _, bc, slot = self._lookup(i)
+            looked.append((i, bc, slot))
+        for i, bc, slot in looked:
             if bc.is_verified(slot):
                 self.metrics.hits += 1
                 continue
@@ -258,13 +262,14 @@ class ChunkStore:
 
     async def _fetch_async(self, job: _Job, errors: dict[int, BaseException]) -> None:
         loop = asyncio.get_running_loop()
-        if self._read_slots is None:
-            self._read_slots = asyncio.Semaphore(self._max_reads)
+        if self._read_slots is None or self._read_slots[0] is not loop:
+            self._read_slots = (loop, asyncio.Semaphore(self._max_reads))
+        slots = self._read_slots[1]
         while (step := job.next()) is not None:
             backend, ranges = step
             for rr in ranges:
                 try:
-                    async with self._read_slots:
+                    async with slots:
                         data = await self._read_async(backend, rr)
                 except BackendError as exc:
                     job.read_failed(backend, rr, exc)
