@@ -1,12 +1,36 @@
 """The read-only image file system: a bootstrap's tree served over FUSE.
 
 Metadata comes from the mapped bootstrap; file data comes chunk by chunk from a
-``ChunkSource`` (the storage layer: backend -> verify -> cache).
+``ChunkSource`` (the storage layer: backend -> verify -> cache). Node ids are the
+bootstrap's inode numbers (root = 1 = FUSE_ROOT_ID), generation 0: an image never
+reuses an inode number, so nothing the guest caches can go stale.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
+import os
+import stat
+import threading
+from collections.abc import Iterator
 from typing import Protocol
+
+from ..errors import BackendError, ImageError
+from ..format.reader import Bootstrap, Inode
+from . import abi
+from .filesystem import (
+    Attr,
+    CachePolicy,
+    DirEntry,
+    Entry,
+    FileSystem,
+    StatFs,
+    Timeouts,
+    fs_error,
+)
+
+log = logging.getLogger(__name__)
 
 
 class ChunkSource(Protocol):
@@ -20,3 +44,252 @@ class ChunkSource(Protocol):
     """
 
     def read_chunk(self, chunk_index: int) -> bytes: ...
+
+
+_U64 = (1 << 64) - 1
+_DT_DIR = stat.S_IFDIR >> 12
+_BLKSIZE = 4096
+
+
+def encode_rdev(rdev: int) -> int:
+    """st_rdev -> the kernel's 32-bit new_encode_dev() form fuse_attr.rdev carries."""
+    major, minor = os.major(rdev), os.minor(rdev)
+    return ((minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)) & 0xFFFFFFFF
+
+
+def attr_of(node: Inode) -> Attr:
+    sec = node.mtime_sec & _U64  # fuse_attr times are u64 carrying an s64
+    nsec = node.mtime_nsec
+    size = node.size
+    return Attr(
+        node.ino,
+        size,
+        (size + 511) >> 9,
+        sec,
+        sec,
+        sec,
+        nsec,
+        nsec,
+        nsec,
+        node.mode,
+        node.nlink,
+        node.uid,
+        node.gid,
+        encode_rdev(node.rdev) if node.rdev else 0,
+        _BLKSIZE,
+        0,
+    )
+
+
+class ImageFS(FileSystem):
+    """Serves one bootstrap. Safe to call from several threads at once."""
+
+    def __init__(
+        self,
+        bootstrap: Bootstrap,
+        chunks: ChunkSource,
+        *,
+        policy: CachePolicy = CachePolicy.ALWAYS,
+    ) -> None:
+        self.bs = bootstrap
+        self.chunks = chunks
+        self.policy = policy
+        self._timeouts = policy.timeouts
+        # Names never appear in an image, so a miss can be cached as long as a hit.
+        self.negative_timeouts = self._timeouts if self._timeouts.entry_sec else None
+        if policy.keep_cache:
+            self._open_flags = abi.FOPEN_KEEP_CACHE
+        elif policy.direct_io:
+            self._open_flags = abi.FOPEN_DIRECT_IO
+        else:
+            self._open_flags = 0
+        self._dir_flags = abi.FOPEN_CACHE_DIR | self._open_flags if policy.keep_cache else 0
+        self._lock = threading.Lock()
+        # Lookup counts: nothing is freed at zero (the bootstrap holds every node), but
+        # they are the session's record of what the guest holds (metrics, tests).
+        self.lookups: dict[int, int] = {}
+
+    # --- session ---------------------------------------------------------------------------
+    def init(self, capable: int) -> int:
+        with self._lock:
+            self.lookups.clear()
+        return 0
+
+    def destroy(self) -> None:
+        with self._lock:
+            self.lookups.clear()
+
+    # --- helpers -----------------------------------------------------------------------------
+    def _inode(self, ino: int) -> Inode:
+        if not 0 < ino <= self.bs.inode_count:
+            raise fs_error(errno.ESTALE)  # a node id we never handed out
+        return self.bs.inode(ino)
+
+    def _counted(self, ino: int) -> Entry:
+        entry = Entry(ino, attr_of(self._inode(ino)), self._timeouts)
+        with self._lock:
+            self.lookups[ino] = self.lookups.get(ino, 0) + 1
+        return entry
+
+    def _regular(self, ino: int) -> Inode:
+        node = self._inode(ino)
+        if not node.is_reg:
+            raise fs_error(errno.EISDIR if node.is_dir else errno.EINVAL)
+        return node
+
+    # --- names and attributes ------------------------------------------------------------------
+    def lookup(self, parent: int, name: bytes) -> Entry:
+        self._inode(parent)
+        ino = self.bs.lookup(parent, name)
+        if ino is None:
+            raise fs_error(errno.ENOENT if self._inode(parent).is_dir else errno.ENOTDIR)
+        return self._counted(ino)
+
+    def forget(self, ino: int, nlookup: int) -> None:
+        with self._lock:
+            left = self.lookups.get(ino, 0) - nlookup
+            if left > 0:
+                self.lookups[ino] = left
+            else:
+                self.lookups.pop(ino, None)
+
+    def getattr(self, ino: int, fh: int | None) -> tuple[Attr, Timeouts]:
+        return attr_of(self._inode(ino)), self._timeouts
+
+    def readlink(self, ino: int) -> bytes:
+        if not self._inode(ino).is_symlink:
+            raise fs_error(errno.EINVAL)
+        return self.bs.readlink(ino)
+
+    def access(self, ino: int, mask: int, uid: int, gid: int) -> None:
+        node = self._inode(ino)
+        if mask == os.F_OK:
+            return
+        if mask & os.W_OK:
+            raise fs_error(errno.EROFS)
+        mode = node.mode
+        if uid == 0:
+            # root reads anything; executes only what some x bit (or a directory) allows
+            if mask & os.X_OK and not (node.is_dir or mode & 0o111):
+                raise fs_error(errno.EACCES)
+            return
+        if uid == node.uid:
+            bits = (mode >> 6) & 7
+        elif gid == node.gid:
+            bits = (mode >> 3) & 7
+        else:
+            bits = mode & 7
+        if mask & 7 & ~bits:
+            raise fs_error(errno.EACCES)
+
+    def statfs(self, ino: int) -> StatFs:
+        self._inode(ino)
+        data = sum(b.uncompressed_size for b in self.bs.blobs)
+        blocks = (data + _BLKSIZE - 1) // _BLKSIZE
+        return StatFs(blocks, 0, 0, self.bs.inode_count, 0, _BLKSIZE, abi.NAME_MAX, _BLKSIZE)
+
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        self._inode(ino)
+        value = self.bs.getxattr(ino, name)
+        if value is None:
+            raise fs_error(errno.ENODATA)
+        return value
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        self._inode(ino)
+        return self.bs.listxattr(ino)
+
+    # --- files ---------------------------------------------------------------------------------
+    def open(self, ino: int, flags: int) -> tuple[int, int]:
+        node = self._inode(ino)
+        if node.is_dir:
+            raise fs_error(errno.EISDIR)
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+            raise fs_error(errno.EROFS)
+        return 0, self._open_flags
+
+    def read(self, ino: int, fh: int, offset: int, size: int) -> bytes:
+        node = self._regular(ino)
+        end = min(offset + size, node.size)
+        if offset >= end:
+            return b""
+        out: bytearray | None = None
+        view = memoryview(b"")
+        for foff, index in self.bs.chunks_covering(ino, offset, end - offset):
+            data = self._chunk(ino, index, foff, end)
+            lo = max(foff, offset)
+            hi = min(foff + len(data), end)
+            if lo == offset and hi == end:
+                return data[lo - foff : hi - foff]  # one chunk holds it all: no assembly
+            if out is None:
+                out = bytearray(end - offset)  # holes stay zero
+                view = memoryview(out)
+            view[lo - offset : hi - offset] = memoryview(data)[lo - foff : hi - foff]
+        if out is None:
+            return bytes(end - offset)  # all hole
+        return bytes(out)
+
+    def _chunk(self, ino: int, index: int, foff: int, end: int) -> bytes:
+        try:
+            data = self.chunks.read_chunk(index)
+        except (ImageError, BackendError) as e:
+            self._log_chunk_error(ino, index, str(e))
+            raise fs_error(errno.EIO) from e
+        # The chunk must reach the end of the read or the end of its slot, whichever is first.
+        if len(data) < min(end, foff + self.bs.chunk_size) - foff:
+            self._log_chunk_error(ino, index, f"chunk source returned {len(data)} bytes")
+            raise fs_error(errno.EIO)
+        return data
+
+    def _log_chunk_error(self, ino: int, index: int, why: str) -> None:
+        try:
+            c = self.bs.chunk(index)
+            blob = self.bs.blobs[c.blob_index].digest
+            where = f"blob {blob} chunk {index} ({c.digest.hex()[:16]})"
+        except ImageError:
+            where = f"chunk {index}"
+        log.error("image read of inode %d: %s: %s", ino, where, why)
+
+    def lseek(self, ino: int, fh: int, offset: int, whence: int) -> int:
+        node = self._regular(ino)
+        size = node.size
+        if offset >= size:
+            raise fs_error(errno.ENXIO)
+        cs = self.bs.chunk_size
+        pos = offset
+        for foff, _ in self.bs.chunks_covering(ino, offset, size - offset):
+            if whence == abi.SEEK_DATA:
+                return max(foff, offset)
+            if foff > pos:
+                return pos  # a hole before this chunk
+            pos = foff + cs
+        if whence == abi.SEEK_DATA:
+            raise fs_error(errno.ENXIO)  # only holes from offset to the end
+        return min(pos, size)
+
+    # --- directories ----------------------------------------------------------------------------
+    def opendir(self, ino: int, flags: int) -> tuple[int, int]:
+        if not self._inode(ino).is_dir:
+            raise fs_error(errno.ENOTDIR)
+        return 0, self._dir_flags
+
+    def readdir(self, ino: int, fh: int, offset: int) -> Iterator[DirEntry]:
+        """Cookies: "." is 1, ".." is 2, stored entry i is i + 3 (stable: never changes)."""
+        node = self._inode(ino)
+        if not node.is_dir:
+            raise fs_error(errno.ENOTDIR)
+        return self._entries(node, offset)
+
+    def _entries(self, node: Inode, offset: int) -> Iterator[DirEntry]:
+        if offset < 1:
+            yield DirEntry(node.ino, 1, _DT_DIR, b".")
+        if offset < 2:
+            yield DirEntry(node.parent, 2, _DT_DIR, b"..")
+        start = max(offset - 2, 0)
+        for i, (name, ino, dtype) in enumerate(self.bs.readdir_typed(node.ino, start), start):
+            yield DirEntry(ino, i + 3, dtype, name)
+
+    def readdirplus_entry(self, parent: int, entry: DirEntry) -> Entry | None:
+        if entry.name in (b".", b".."):
+            return None
+        return self._counted(entry.ino)

@@ -245,7 +245,7 @@ class Server:
     def _init(self, req: Request) -> bytes:
         major, minor, max_readahead, flags = _args(abi.INIT_IN_COMPAT, req.body)
         if major < abi.KERNEL_VERSION:
-            log.error("fuse INIT: guest speaks %d.%d, need 7.%d+", major, minor, 27)
+            log.warning("fuse INIT: guest speaks %d.%d, need 7.%d+", major, minor, 27)
             raise OSError(errno.EPROTO, "unsupported FUSE major version")
         if major > abi.KERNEL_VERSION:
             # The guest will retry INIT with our major version.
