@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..format.model import Blob, Compression
+from ..format.model import DEFAULT_CHUNK_SIZE, Blob, Compression
 
 COPY_SIZE = 1 << 20
 
@@ -30,8 +30,11 @@ class Placed:
 
 
 class Spool:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, slot_size: int = DEFAULT_CHUNK_SIZE) -> None:
         self.path = path
+        # Chunk k of the blob gets uncompressed offset k * slot_size (the image's chunk
+        # size): storage's cache keeps one bitmap bit per slot (docs/storage.md).
+        self.slot_size = slot_size
         self._f = open(path, "wb")  # noqa: SIM115 - closed in finish()
         self._hash = hashlib.sha256()
         self._size = 0
@@ -49,7 +52,7 @@ class Spool:
         self._f.write(payload)
         self._hash.update(payload)
         self._size += len(payload)
-        self._raw += raw_size
+        self._raw += self.slot_size
 
     def close(self) -> None:
         if not self._f.closed:
@@ -82,7 +85,7 @@ class Spool:
                     size, p.compressed_size, raw, p.uncompressed_size, p.compressed
                 )
                 size += p.compressed_size
-                raw += p.uncompressed_size
+                raw += self.slot_size
         self.path.unlink()
         hexd = h.hexdigest()
         os.replace(tmp, blob_dir / hexd)

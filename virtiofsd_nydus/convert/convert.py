@@ -65,7 +65,7 @@ def convert(source: str, output: Path, opts: Options) -> Result:
         layers = src.layers()
         config = src.config()
         writer = LayoutWriter(tmp)
-        spool = Spool(tmp / "spool")
+        spool = Spool(tmp / "spool", opts.chunk_size)
         pipeline = ChunkPipeline(
             opts.chunk_size, opts.compression_level, spool, cdict, opts.workers, progress.advance
         )
