@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from tests.vm.process import Daemon, short_tmpdir
+from tests.vm.reference import ReferenceFactory
 from tests.vm.reference import reference_virtiofsd as _reference_virtiofsd
 
 
@@ -19,9 +20,6 @@ def short_tmp() -> Iterator[Path]:
     d = short_tmpdir()
     yield d
     shutil.rmtree(d, ignore_errors=True)
-
-
-ReferenceFactory = Callable[..., Daemon]
 
 
 @pytest.fixture

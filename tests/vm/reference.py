@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from tests.vm.assets import virtiofsd_cmd
 from tests.vm.process import Daemon, running_daemon
 
 READY_TEXT = "Waiting for vhost-user socket connection"
+
+# the type of the conftest fixture: factory(shared_dir, *, readonly=True, extra_args=()) -> Daemon
+ReferenceFactory = Callable[..., Daemon]
 
 
 @contextlib.contextmanager

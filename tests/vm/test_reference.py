@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ReferenceFactory
 from tests.vm.guest import GuestTimeout, run_guest
+from tests.vm.reference import ReferenceFactory
 from tests.vm.rootfs import debian_rootfs
 
 pytestmark = pytest.mark.vm

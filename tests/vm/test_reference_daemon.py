@@ -5,8 +5,8 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from tests.conftest import ReferenceFactory
 from tests.vm.assets import virtiofsd_cmd, virtiofsd_version
+from tests.vm.reference import ReferenceFactory
 
 
 def test_virtiofsd_cmd_is_cached_and_runs(
