@@ -56,9 +56,18 @@ INODE = struct.Struct("<IIIIQQqIIQIIII32s")
 assert INODE.size == 104
 INODE_DIGEST_OFFSET = 72
 
-# Directory entry (16 bytes): name_off, ino, name_len, dtype (S_IFMT >> 12), pad
-DIRENT = struct.Struct("<QIHBx")
-assert DIRENT.size == 16
+# Directory entry (24 bytes): name key, name_off, ino, name_len, dtype (S_IFMT >> 12), pad.
+# The name key is the first 8 name bytes, zero padded, read as a big-endian number (stored,
+# like every integer, little-endian). Names hold no NUL, so keys order as names do, and a
+# lookup compares keys (in C: bisect over the key column) before it touches the string pool.
+DIRENT = struct.Struct("<QQIHBx")
+assert DIRENT.size == 24
+NAME_KEY_LEN = 8
+
+
+def name_key(name: bytes) -> int:
+    return int.from_bytes((name + b"\0\0\0\0\0\0\0\0")[:NAME_KEY_LEN], "big")
+
 
 # Xattr record (24 bytes): name_off, value_off, name_len, value_len
 XATTR = struct.Struct("<QQII")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import stat
 import struct
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 import blake3
 
@@ -51,46 +51,38 @@ def metadata(
     rdev: int,
     mtime_sec: int,
     mtime_nsec: int,
-    xattrs: Iterable[tuple[bytes, bytes]],
+    xattrs: Sequence[tuple[bytes, bytes]],
 ) -> bytes:
     """Encode the metadata every kind hashes; ``xattrs`` sorted by name."""
-    xs = list(xattrs)
-    parts = [_META.pack(mode, uid, gid, nlink, size, rdev, mtime_sec, mtime_nsec, len(xs))]
-    for name, value in xs:
+    head = _META.pack(mode, uid, gid, nlink, size, rdev, mtime_sec, mtime_nsec, len(xattrs))
+    if not xattrs:
+        return head
+    parts = [head]
+    for name, value in xattrs:
         parts += (_LEN32.pack(len(name)), name, _LEN32.pack(len(value)), value)
     return b"".join(parts)
 
 
-def file_digest(mode: int, meta: bytes, chunks: Iterable[tuple[int, int, bytes]]) -> bytes:
+def file_digest(mode: int, meta: bytes, chunks: Sequence[tuple[int, int, bytes]]) -> bytes:
     """``chunks``: (file_offset, uncompressed_size, chunk digest) in file order."""
-    body = [_FILE_CHUNK.pack(off, usize) + digest for off, usize, digest in chunks]
-    h = blake3.blake3(prefix(mode))
-    h.update(meta)
-    h.update(_COUNT.pack(len(body)))
-    h.update(b"".join(body))
-    return h.digest()
+    parts = [prefix(mode), meta, _COUNT.pack(len(chunks))]
+    for off, usize, digest in chunks:
+        parts += (_FILE_CHUNK.pack(off, usize), digest)
+    return blake3.blake3(b"".join(parts)).digest()
 
 
-def dir_digest(mode: int, meta: bytes, entries: Iterable[tuple[bytes, bytes]]) -> bytes:
+def dir_digest(mode: int, meta: bytes, entries: Sequence[tuple[bytes, bytes]]) -> bytes:
     """``entries``: (name, child digest) sorted by name bytes."""
-    body = [_NAME_LEN.pack(len(name)) + name + digest for name, digest in entries]
-    h = blake3.blake3(prefix(mode))
-    h.update(meta)
-    h.update(_COUNT.pack(len(body)))
-    h.update(b"".join(body))
-    return h.digest()
+    parts = [prefix(mode), meta, _COUNT.pack(len(entries))]
+    for name, digest in entries:
+        parts += (_NAME_LEN.pack(len(name)), name, digest)
+    return blake3.blake3(b"".join(parts)).digest()
 
 
 def symlink_digest(mode: int, meta: bytes, target: bytes) -> bytes:
-    h = blake3.blake3(prefix(mode))
-    h.update(meta)
-    h.update(_LEN32.pack(len(target)))
-    h.update(target)
-    return h.digest()
+    return blake3.blake3(b"".join([prefix(mode), meta, _LEN32.pack(len(target)), target])).digest()
 
 
 def special_digest(mode: int, meta: bytes) -> bytes:
     """Devices, fifos, sockets: metadata only (a device's rdev is in it)."""
-    h = blake3.blake3(prefix(mode))
-    h.update(meta)
-    return h.digest()
+    return blake3.blake3(prefix(mode) + meta).digest()

@@ -15,9 +15,11 @@ import mmap
 import os
 import stat
 import struct
+import sys
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import overload
+from typing import NamedTuple, overload
 
 import blake3
 
@@ -26,14 +28,21 @@ from . import layout as L
 from . import merkle, model
 
 _S_IFMT = 0o170000
+_S_IFDIR = stat.S_IFDIR
+_KEY_LEN = L.NAME_KEY_LEN
 _MODE = struct.Struct("<I")
 _DIR_RANGE = struct.Struct("<QI")  # data_start, data_count at inode offset 48
-_DIRENT = struct.Struct("<QIH")  # name_off, ino, name_len
+_DIR_HEAD = struct.Struct("<I44xQI")  # mode, data_start, data_count
+_DIRENT = struct.Struct("<QQIH")  # name key, name_off, ino, name_len
 _DIGEST = struct.Struct("<32s")
+_KEY = struct.Struct("<Q")
+_BE_KEY = struct.Struct(">Q").unpack_from
+_PAD = bytes(L.NAME_KEY_LEN)
 
 
-@dataclass(frozen=True, slots=True)
-class Inode:
+class Inode(NamedTuple):
+    """An inode record (a tuple: cheap to make on every GETATTR)."""
+
     ino: int
     mode: int
     uid: int
@@ -72,9 +81,8 @@ class Inode:
         return self.mode & _S_IFMT == stat.S_IFLNK
 
 
-@dataclass(frozen=True, slots=True)
-class ChunkInfo:
-    index: int
+class ChunkInfo(NamedTuple):
+    chunk_index: int  # its position in the chunk table
     digest: bytes  # blake3-256 of the uncompressed data
     blob_index: int
     compressed_offset: int
@@ -185,6 +193,16 @@ class Bootstrap:
         self._fc_off, self._fc_rec, self._fc_count = fcs.offset, fcs.record_size, fcs.count
         self._c_off, self._c_rec = s[L.Kind.CHUNKS].offset, s[L.Kind.CHUNKS].record_size
         self._blobs: list[BlobInfo] | None = None
+        # The dirents' name-key column as a strided view of u64s, so that bisect runs in C.
+        # (Native order must be little-endian; elsewhere lookup bisects in Python.)
+        self._views: list[memoryview] = []
+        self._keys: Sequence[int] | None = None
+        de = s[L.Kind.DIRENTS]
+        if sys.byteorder == "little" and de.record_size % 8 == 0:
+            raw = memoryview(buf)[de.offset : de.offset + de.size]
+            words = raw.cast("Q")
+            self._keys = keys = words[:: de.record_size // 8]
+            self._views = [keys, words, raw]
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Bootstrap:
@@ -207,6 +225,9 @@ class Bootstrap:
         return cls(bytes(data))
 
     def close(self) -> None:
+        for view in self._views:
+            view.release()
+        self._views, self._keys = [], None
         if isinstance(self._buf, mmap.mmap):
             self._buf.close()
 
@@ -242,7 +263,7 @@ class Bootstrap:
 
     def _dirent(self, index: int) -> tuple[bytes, int, int]:
         """(name, ino, dtype) of dirent ``index`` (already range-checked by the caller)."""
-        noff, cino, nlen, dtype = L.DIRENT.unpack_from(
+        _, noff, cino, nlen, dtype = L.DIRENT.unpack_from(
             self._buf, self._de_off + index * self._de_rec
         )
         return self._string(noff, nlen), cino, dtype
@@ -255,35 +276,48 @@ class Bootstrap:
 
     # -- inodes and directories -----------------------------------------------------------
     def inode(self, ino: int) -> Inode:
-        return Inode(ino, *L.INODE.unpack_from(self._buf, self._inode_base(ino)))
+        return Inode._make((ino, *L.INODE.unpack_from(self._buf, self._inode_base(ino))))
 
     def lookup(self, parent: int, name: bytes) -> int | None:
         """The inode of ``name`` in directory ``parent``; None if absent or not a directory."""
         buf = self._buf
         if not 0 < parent <= self.inode_count:
             raise self._bad(f"inode {parent} out of range 1..{self.inode_count}")
-        base = self._ino_off + (parent - 1) * self._ino_rec
-        if _MODE.unpack_from(buf, base)[0] & _S_IFMT != stat.S_IFDIR:
+        mode, lo, count = _DIR_HEAD.unpack_from(buf, self._ino_off + (parent - 1) * self._ino_rec)
+        if mode & _S_IFMT != _S_IFDIR or 0 in name:
             return None
-        lo, count = _DIR_RANGE.unpack_from(buf, base + 48)
         hi = lo + count
         if hi > self.dirent_count:
             raise self._bad(f"directory {parent} entries {lo}+{count} out of range")
-        de_off, de_rec, str_off, str_len = self._de_off, self._de_rec, self._str_off, self._str_len
-        unpack = _DIRENT.unpack_from
+        nlen_want = len(name)
+        key = _BE_KEY(name + _PAD)[0]  # == layout.name_key(name)
+        de_off, de_rec, unpack = self._de_off, self._de_rec, _DIRENT.unpack_from
+        keys = self._keys
+        if keys is not None:  # narrow [lo, hi) to the entries sharing the key, in C
+            lo = bisect_left(keys, key, lo, hi)
+            if lo == hi or keys[lo] != key:
+                return None
+            if nlen_want <= _KEY_LEN:  # the one name this short with this key sorts first
+                _, _, cino, nlen = unpack(buf, de_off + lo * de_rec)
+                return cino if nlen == nlen_want else None
+            hi = bisect_right(keys, key, lo, hi)
         while lo < hi:
             mid = (lo + hi) >> 1
-            noff, cino, nlen = unpack(buf, de_off + mid * de_rec)
-            if noff + nlen > str_len:
-                raise self._bad(f"name of entry {mid} outside the string pool")
-            p = str_off + noff
-            cand = buf[p : p + nlen]
-            if cand < name:
+            k, noff, cino, nlen = unpack(buf, de_off + mid * de_rec)
+            if k < key:
                 lo = mid + 1
-            elif cand > name:
+            elif k > key:
                 hi = mid
+            elif nlen_want <= _KEY_LEN and nlen <= _KEY_LEN:
+                return cino if nlen == nlen_want else None
             else:
-                return int(cino)
+                cand = self._string(noff, nlen)
+                if cand < name:
+                    lo = mid + 1
+                elif cand > name:
+                    hi = mid
+                else:
+                    return cino  # type: ignore[no-any-return]
         return None
 
     def resolve(self, path: bytes) -> int | None:
@@ -508,9 +542,14 @@ class Bootstrap:
     def _checked_entries(self, ino: int) -> list[tuple[bytes, bytes]]:
         out: list[tuple[bytes, bytes]] = []
         prev = b""
-        for name, cino, dtype in self.readdir_typed(ino):
+        first, count = self._dir_range(ino)
+        for i in range(first, first + count):
+            (key,) = _KEY.unpack_from(self._buf, self._de_off + i * self._de_rec)
+            name, cino, dtype = self._dirent(i)
             if not name or name <= prev or name in (b".", b"..") or b"/" in name or b"\0" in name:
                 raise self._bad(f"directory {ino} has an invalid or unsorted entry {name!r}")
+            if key != L.name_key(name):
+                raise self._bad(f"directory {ino} entry {name!r} has a wrong name key")
             base = self._inode_base(cino)
             if _MODE.unpack_from(self._buf, base)[0] >> 12 != dtype:
                 raise self._bad(f"directory {ino} entry {name!r} has the wrong type")

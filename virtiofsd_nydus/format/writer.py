@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 import tempfile
 from pathlib import Path
 
@@ -25,6 +26,7 @@ _U64 = (1 << 64) - 1
 _I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
 _NS = 1_000_000_000
 _ZERO_DIGEST = bytes(L.DIGEST_LEN)
+_S_IFMT = 0o170000
 
 
 def write_bootstrap(image: Image) -> bytes:
@@ -46,20 +48,6 @@ def write_bootstrap_file(image: Image, path: str | os.PathLike[str]) -> None:
         raise
 
 
-def _check_name(name: object, where: bytes) -> bytes:
-    if not isinstance(name, bytes):
-        raise ImageError(f"entry name {name!r} in {where!r} is not bytes")
-    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
-        raise ImageError(f"invalid entry name {name!r} in {where!r}")
-    if len(name) > L.NAME_MAX:
-        raise ImageError(f"entry name longer than {L.NAME_MAX} bytes in {where!r}")
-    return name
-
-
-def _join(parent: bytes, name: bytes) -> bytes:
-    return parent + name if parent == b"/" else parent + b"/" + name
-
-
 class _Strings:
     """The string pool, each distinct string stored once."""
 
@@ -76,6 +64,9 @@ class _Strings:
 
 
 class _Builder:
+    """One use: ``_Builder(image).build()``. Hot loops are written out inline on purpose:
+    a million-file image passes through them once per inode."""
+
     def __init__(self, image: Image) -> None:
         if not valid_chunk_size(image.chunk_size):
             raise LocalError(
@@ -87,101 +78,204 @@ class _Builder:
         for i, blob in enumerate(self.blobs):
             _check_blob(i, blob)
         self.strings = _Strings()
-        # Per inode (index = ino - 1):
+        # Per inode, index = ino - 1:
         self.nodes: list[Node] = []
-        self.paths: list[bytes] = []  # first path found (for messages and prefetch)
+        self.names: list[bytes] = []  # name of its first entry (root: b"")
         self.parents: list[int] = []
         self.nlink: list[int] = []
-        self.data: list[tuple[int, int]] = []  # (data_start, data_count)
-        self.digests: list[bytes] = []
         self.ino_of: dict[int, int] = {}  # id(node) -> ino
         self.dirents = bytearray()
-        self.dir_entries: dict[int, list[tuple[bytes, int]]] = {}
-        self.chunk_index: dict[Chunk, int] = {}
+        self.dir_entries: dict[int, list[tuple[bytes, int]]] = {}  # dir ino -> (name, ino)
+        self.dir_ranges: dict[int, tuple[int, int]] = {}  # dir ino -> (first dirent, count)
+        self.chunk_index: dict[bytes, int] = {}  # packed chunk record -> its index
         self.chunks = bytearray()
-        self.chunk_digests: list[bytes] = []
+        self.chunk_count = 0
         self.file_chunks = bytearray()
         self.xattrs = bytearray()
-        self.xattr_ranges: list[tuple[int, int]] = []
         self.metas: list[bytes] = []  # merkle.metadata() per inode
-        self.stats: list[tuple[int, int, int]] = []  # (size as stored, mtime s, mtime ns)
-        self.dir_ranges: dict[int, tuple[int, int]] = {}  # dir ino -> (first dirent, count)
+        self.digests: list[bytes] = []
+        self.inodes = bytearray()
+
+    def _path(self, ino: int) -> bytes:
+        parts = []
+        while ino != 1:
+            parts.append(self.names[ino - 1])
+            ino = self.parents[ino - 1]
+        return b"/" + b"/".join(reversed(parts))
 
     # -- tree walk ------------------------------------------------------------------------
-    def _add(self, node: Node, path: bytes, parent: int) -> int:
-        if not isinstance(node, Node):
-            raise ImageError(f"{path!r}: not a model.Node")
-        self.nodes.append(node)
-        self.paths.append(path)
-        self.parents.append(parent)
-        self.nlink.append(0)
-        ino = len(self.nodes)
-        if ino > L.MAX_INODES:
-            raise ImageError(f"image has more than {L.MAX_INODES} inodes")
-        self.ino_of[id(node)] = ino
-        return ino
-
     def _number(self) -> None:
         """Breadth-first: assign inode numbers and lay out every directory's entries."""
         root = self.image.root
-        if not root.is_dir:
+        if not isinstance(root, Node) or not root.is_dir:
             raise ImageError("image root is not a directory")
-        self._add(root, b"/", 1)
-        self.nlink[0] = 1  # the root's ".." is itself: no parent entry counts it
+        nodes, names, parents, nlink, ino_of = (
+            self.nodes,
+            self.names,
+            self.parents,
+            self.nlink,
+            self.ino_of,
+        )
+        nodes.append(root)
+        names.append(b"")
+        parents.append(1)
+        nlink.append(1)  # the root's ".." is itself: no parent entry counts it
+        ino_of[id(root)] = 1
+        add_string, pack, dirents = self.strings.add, L.DIRENT.pack, self.dirents
+        name_key = L.name_key
         i = 0
-        while i < len(self.nodes):
-            node = self.nodes[i]
-            ino = i + 1
+        while i < len(nodes):
+            node = nodes[i]
             i += 1
-            if not node.is_dir:
+            if node.mode & _S_IFMT != stat.S_IFDIR:
                 continue
-            path = self.paths[ino - 1]
+            ino = i
             children = node.children or {}
-            start = len(self.dirents) // L.DIRENT.size
+            start = len(dirents) // L.DIRENT.size
             entries: list[tuple[bytes, int]] = []
             subdirs = 0
             for name in sorted(children):
-                _check_name(name, path)
+                if (
+                    type(name) is not bytes
+                    or not name
+                    or len(name) > L.NAME_MAX
+                    or b"/" in name
+                    or b"\0" in name
+                    or name == b"."
+                    or name == b".."
+                ):
+                    raise ImageError(f"invalid entry name {name!r} in {self._path(ino)!r}")
                 child = children[name]
-                cino = self.ino_of.get(id(child))
+                cino = ino_of.get(id(child))
                 if cino is None:
-                    cino = self._add(child, _join(path, name), ino)
-                elif child.is_dir:
-                    raise ImageError(
-                        f"directory {self.paths[cino - 1]!r} also linked at "
-                        f"{_join(path, name)!r} (directory hard link or cycle)"
-                    )
-                if child.is_dir:
+                    if not isinstance(child, Node) or type(child.mode) is not int:
+                        raise ImageError(f"{self._path(ino)!r}: entry {name!r} is not a Node")
+                    nodes.append(child)
+                    names.append(name)
+                    parents.append(ino)
+                    nlink.append(0)
+                    cino = ino_of[id(child)] = len(nodes)
+                    if cino > L.MAX_INODES:
+                        raise ImageError(f"image has more than {L.MAX_INODES} inodes")
+                cmode = child.mode
+                if cmode & _S_IFMT == stat.S_IFDIR:
+                    if nlink[cino - 1]:
+                        raise ImageError(
+                            f"directory {self._path(cino)!r} also linked in "
+                            f"{self._path(ino)!r} (directory hard link or cycle)"
+                        )
                     subdirs += 1
-                self.nlink[cino - 1] += 1
-                dtype = (child.mode >> 12) & 0xF
-                self.dirents += L.DIRENT.pack(self.strings.add(name), cino, len(name), dtype)
+                nlink[cino - 1] += 1
+                dirents += pack(
+                    name_key(name), add_string(name), cino, len(name), (cmode >> 12) & 0xF
+                )
                 entries.append((name, cino))
-            self.nlink[ino - 1] += 1 + subdirs  # its "." and its subdirs' ".."
+            nlink[ino - 1] += 1 + subdirs  # its "." and its subdirectories' ".."
             self.dir_entries[ino] = entries
             self.dir_ranges[ino] = (start, len(entries))
 
     # -- per-inode content ----------------------------------------------------------------
-    def _chunk_ref(self, chunk: Chunk, path: bytes) -> int:
-        idx = self.chunk_index.get(chunk)
-        if idx is None:
-            self._check_chunk(chunk, path)
-            idx = self.chunk_index[chunk] = len(self.chunk_digests)
-            flags = L.CHUNK_FLAG_COMPRESSED if chunk.compressed else 0
-            self.chunks += L.CHUNK.pack(
-                chunk.digest,
-                chunk.compressed_offset,
-                chunk.uncompressed_offset,
-                chunk.compressed_size,
-                chunk.uncompressed_size,
-                chunk.blob_index,
-                flags,
+    def _content(self) -> None:
+        """Xattrs, chunk lists, symlink targets, metadata and non-directory digests."""
+        add_string = self.strings.add
+        xattr_pack, xattrs = L.XATTR.pack, self.xattrs
+        metas, digests, nlink = self.metas, self.digests, self.nlink
+        self.records: list[tuple[int, int, int, int, int, int, int]] = []
+        records = self.records
+        for i, node in enumerate(self.nodes):
+            ino = i + 1
+            mode = node.mode
+            fmt = mode & _S_IFMT
+            if fmt not in L.FILE_TYPES or mode & ~0o177777:
+                raise ImageError(f"{self._path(ino)!r}: invalid mode {mode!r}")
+            xstart = len(xattrs) // L.XATTR.size
+            xs: list[tuple[bytes, bytes]] = []
+            if node.xattrs:
+                xs = sorted(node.xattrs.items())
+                for name, value in xs:
+                    _check_xattr(name, value, self._path(ino))
+                    xattrs += xattr_pack(add_string(name), add_string(value), len(name), len(value))
+            size = node.size
+            if fmt != stat.S_IFREG and node.chunks:
+                raise ImageError(f"{self._path(ino)!r}: only regular files have chunks")
+            if (fmt == stat.S_IFLNK) != (node.link_target is not None):
+                raise ImageError(f"{self._path(ino)!r}: link target on a non-symlink, or none")
+            if fmt != stat.S_IFDIR and node.children:
+                raise ImageError(f"{self._path(ino)!r}: only directories have children")
+            target = node.link_target
+            if target is not None:
+                if type(target) is not bytes or not target or b"\0" in target:
+                    raise ImageError(f"{self._path(ino)!r}: invalid symlink target {target!r}")
+                if len(target) > L.SYMLINK_MAX:
+                    raise ImageError(f"{self._path(ino)!r}: symlink target too long")
+                size = len(target)
+            sec, nsec = divmod(node.mtime_ns, _NS)
+            if not (
+                0 <= node.uid <= _U32
+                and 0 <= node.gid <= _U32
+                and 0 <= size <= _U64
+                and 0 <= node.rdev <= _U64
+                and _I64_MIN <= sec <= _I64_MAX
+            ):
+                raise ImageError(f"{self._path(ino)!r}: uid/gid/size/rdev/mtime out of range")
+            meta = merkle.metadata(
+                mode, node.uid, node.gid, nlink[i], size, node.rdev, sec, nsec, xs
             )
-            self.chunk_digests.append(chunk.digest)
-        return idx
+            metas.append(meta)
+            if fmt == stat.S_IFREG:
+                start, count, digest = self._file(node, ino, meta)
+            elif fmt == stat.S_IFDIR:
+                start, count = self.dir_ranges[ino]
+                digest = _ZERO_DIGEST  # filled in bottom-up by _dir_digests
+            elif target is not None:
+                start, count = add_string(target), len(target)
+                digest = merkle.symlink_digest(mode, meta, target)
+            else:
+                start = count = 0
+                digest = merkle.special_digest(mode, meta)
+            digests.append(digest)
+            records.append((size, sec, nsec, start, count, xstart, len(xs)))
 
-    def _check_chunk(self, c: Chunk, path: bytes) -> None:
-        where = f"chunk of {path!r}"
+    def _file(self, node: Node, ino: int, meta: bytes) -> tuple[int, int, bytes]:
+        size, cs = node.size, self.cs
+        start = len(self.file_chunks) // L.FILE_CHUNK.size
+        chunk_pack, fc_pack, index = L.CHUNK.pack, L.FILE_CHUNK.pack, self.chunk_index
+        prev = -1
+        hashed: list[tuple[int, int, bytes]] = []
+        for fc in node.chunks:
+            off = fc.file_offset
+            c = fc.chunk
+            if off <= prev or off % cs or off >= size or c.uncompressed_size != min(cs, size - off):
+                raise ImageError(
+                    f"{self._path(ino)!r}: chunk at offset {off} is unordered, unaligned, past "
+                    f"the file's size {size} or not {min(cs, max(size - off, 0))} bytes long"
+                )
+            try:
+                rec = chunk_pack(
+                    c.digest,
+                    c.compressed_offset,
+                    c.uncompressed_offset,
+                    c.compressed_size,
+                    c.uncompressed_size,
+                    c.blob_index,
+                    L.CHUNK_FLAG_COMPRESSED if c.compressed else 0,
+                )
+            except (struct.error, TypeError):
+                self._check_chunk(c, ino)
+                raise ImageError(f"{self._path(ino)!r}: chunk fields out of range") from None
+            idx = index.get(rec)
+            if idx is None:
+                self._check_chunk(c, ino)
+                idx = index[rec] = self.chunk_count
+                self.chunk_count += 1
+                self.chunks += rec
+            self.file_chunks += fc_pack(off, idx)
+            hashed.append((off, c.uncompressed_size, rec[:32]))  # the digest as stored
+            prev = off
+        return start, len(hashed), merkle.file_digest(node.mode, meta, hashed)
+
+    def _check_chunk(self, c: Chunk, ino: int) -> None:
+        where = f"chunk of {self._path(ino)!r}"
         if not isinstance(c.digest, bytes) or len(c.digest) != L.DIGEST_LEN:
             raise ImageError(f"{where}: digest must be {L.DIGEST_LEN} bytes")
         if not 0 <= c.blob_index < len(self.blobs):
@@ -194,107 +288,46 @@ class _Builder:
             or c.compressed_offset + c.compressed_size > blob.compressed_size
         ):
             raise ImageError(f"{where}: compressed range outside blob {blob.digest}")
-        if (
-            c.uncompressed_offset < 0
-            or c.uncompressed_offset + c.uncompressed_size > blob.uncompressed_size
-        ):
+        end = c.uncompressed_offset + c.uncompressed_size
+        if c.uncompressed_offset < 0 or end > blob.uncompressed_size:
             raise ImageError(f"{where}: uncompressed range outside blob {blob.digest}")
         if c.compressed and blob.compression == Compression.NONE:
             raise ImageError(f"{where}: compressed chunk in uncompressed blob {blob.digest}")
         if not c.compressed and c.compressed_size != c.uncompressed_size:
             raise ImageError(f"{where}: raw chunk with different stored and data sizes")
 
-    def _file(self, node: Node, path: bytes, meta: bytes) -> tuple[int, int, bytes]:
-        size, cs = node.size, self.cs
-        start = len(self.file_chunks) // L.FILE_CHUNK.size
-        prev = -1
-        hashed: list[tuple[int, int, bytes]] = []
-        for fc in node.chunks:
-            off = fc.file_offset
-            if off <= prev or off % cs or off >= size:
-                raise ImageError(
-                    f"{path!r}: chunk at offset {off} is unordered, unaligned or past the "
-                    f"file's size {size}"
-                )
-            chunk = fc.chunk
-            if chunk.uncompressed_size != min(cs, size - off):
-                raise ImageError(
-                    f"{path!r}: chunk at offset {off} holds {chunk.uncompressed_size} bytes, "
-                    f"expected {min(cs, size - off)}"
-                )
-            self.file_chunks += L.FILE_CHUNK.pack(off, self._chunk_ref(chunk, path))
-            hashed.append((off, chunk.uncompressed_size, chunk.digest))
-            prev = off
-        return start, len(hashed), merkle.file_digest(node.mode, meta, hashed)
-
-    def _content(self) -> None:
-        """Xattrs, chunk lists, symlink targets and the digests of all non-directories."""
-        strings = self.strings
-        for i, node in enumerate(self.nodes):
-            ino, path = i + 1, self.paths[i]
-            xs = sorted(node.xattrs.items())
-            self.xattr_ranges.append((len(self.xattrs) // L.XATTR.size, len(xs)))
-            for name, value in xs:
-                _check_xattr(name, value, path)
-                self.xattrs += L.XATTR.pack(
-                    strings.add(name), strings.add(value), len(name), len(value)
-                )
-            fmt = stat.S_IFMT(node.mode)
-            if fmt not in L.FILE_TYPES or node.mode & ~0o177777:
-                raise ImageError(f"{path!r}: invalid mode {node.mode:#o}")
-            if fmt != stat.S_IFREG and node.chunks:
-                raise ImageError(f"{path!r}: only regular files have chunks")
-            if (fmt == stat.S_IFLNK) != (node.link_target is not None):
-                raise ImageError(f"{path!r}: link target set on a non-symlink, or missing")
-            if fmt != stat.S_IFDIR and node.children:
-                raise ImageError(f"{path!r}: only directories have children")
-            size = node.size
-            if fmt == stat.S_IFLNK:
-                target = node.link_target or b""
-                if not target or b"\0" in target or len(target) > L.SYMLINK_MAX:
-                    raise ImageError(f"{path!r}: invalid symlink target {target[:64]!r}")
-                size = len(target)
-            meta = self._meta(node, size, xs, path, ino)
-            self.metas.append(meta)
-            if fmt == stat.S_IFREG:
-                start, count, digest = self._file(node, path, meta)
-                self.data.append((start, count))
-            elif fmt == stat.S_IFDIR:
-                self.data.append(self.dir_ranges[ino])
-                digest = _ZERO_DIGEST  # filled in bottom-up by _dir_digests
-            elif fmt == stat.S_IFLNK:
-                self.data.append((strings.add(target), len(target)))
-                digest = merkle.symlink_digest(node.mode, meta, target)
-            else:
-                self.data.append((0, 0))
-                digest = merkle.special_digest(node.mode, meta)
-            self.digests.append(digest)
-
-    def _meta(
-        self, node: Node, size: int, xs: list[tuple[bytes, bytes]], path: bytes, ino: int
-    ) -> bytes:
-        sec, nsec = divmod(node.mtime_ns, _NS)
-        if not (
-            0 <= node.uid <= _U32
-            and 0 <= node.gid <= _U32
-            and 0 <= size <= _U64
-            and 0 <= node.rdev <= _U64
-            and _I64_MIN <= sec <= _I64_MAX
-        ):
-            raise ImageError(f"{path!r}: uid/gid/size/rdev/mtime out of range")
-        self.stats.append((size, sec, nsec))
-        return merkle.metadata(
-            node.mode, node.uid, node.gid, self.nlink[ino - 1], size, node.rdev, sec, nsec, xs
-        )
-
     def _dir_digests(self) -> None:
         # Subdirectories always have larger inode numbers than their parent (breadth-first,
         # no directory hard links), so one reverse pass sees every child before its parent.
         digests = self.digests
         for ino in sorted(self.dir_entries, reverse=True):
-            node = self.nodes[ino - 1]
             entries = [(name, digests[cino - 1]) for name, cino in self.dir_entries[ino]]
-            digests[ino - 1] = merkle.dir_digest(node.mode, self.metas[ino - 1], entries)
+            mode = self.nodes[ino - 1].mode
+            digests[ino - 1] = merkle.dir_digest(mode, self.metas[ino - 1], entries)
+
+    def _pack_inodes(self) -> bytes:
+        out, pack = self.inodes, L.INODE.pack
+        nlink, parents, digests = self.nlink, self.parents, self.digests
+        for i, node in enumerate(self.nodes):
+            size, sec, nsec, start, count, xstart, xcount = self.records[i]
+            out += pack(
+                node.mode,
+                node.uid,
+                node.gid,
+                nlink[i],
+                size,
+                node.rdev,
+                sec,
+                nsec,
+                parents[i],
+                start,
+                count,
+                xstart,
+                xcount,
+                0,
+                digests[i],
+            )
+        return bytes(out)
 
     def _prefetch(self) -> bytes:
         out = bytearray()
@@ -325,28 +358,6 @@ class _Builder:
         self._number()
         self._content()
         self._dir_digests()
-        inodes = bytearray()
-        for i, node in enumerate(self.nodes):
-            size, sec, nsec = self.stats[i]
-            start, count = self.data[i]
-            xstart, xcount = self.xattr_ranges[i]
-            inodes += L.INODE.pack(
-                node.mode,
-                node.uid,
-                node.gid,
-                self.nlink[i],
-                size,
-                node.rdev,
-                sec,
-                nsec,
-                self.parents[i],
-                start,
-                count,
-                xstart,
-                xcount,
-                0,
-                self.digests[i],
-            )
         blobs = b"".join(
             L.BLOB.pack(
                 bytes.fromhex(b.digest[7:]),
@@ -358,17 +369,13 @@ class _Builder:
             for b in self.blobs
         )
         prefetch = self._prefetch()
+        dirents, xattrs, fcs = bytes(self.dirents), bytes(self.xattrs), bytes(self.file_chunks)
         sections: list[tuple[int, int, bytes, int]] = [
-            (L.Kind.INODES, L.INODE.size, bytes(inodes), len(self.nodes)),
-            (L.Kind.DIRENTS, L.DIRENT.size, bytes(self.dirents), len(self.dirents) // 16),
-            (L.Kind.XATTRS, L.XATTR.size, bytes(self.xattrs), len(self.xattrs) // L.XATTR.size),
-            (
-                L.Kind.FILE_CHUNKS,
-                L.FILE_CHUNK.size,
-                bytes(self.file_chunks),
-                len(self.file_chunks) // 16,
-            ),
-            (L.Kind.CHUNKS, L.CHUNK.size, bytes(self.chunks), len(self.chunk_digests)),
+            (L.Kind.INODES, L.INODE.size, self._pack_inodes(), len(self.nodes)),
+            (L.Kind.DIRENTS, L.DIRENT.size, dirents, len(dirents) // L.DIRENT.size),
+            (L.Kind.XATTRS, L.XATTR.size, xattrs, len(xattrs) // L.XATTR.size),
+            (L.Kind.FILE_CHUNKS, L.FILE_CHUNK.size, fcs, len(fcs) // L.FILE_CHUNK.size),
+            (L.Kind.CHUNKS, L.CHUNK.size, bytes(self.chunks), self.chunk_count),
             (L.Kind.BLOBS, L.BLOB.size, blobs, len(self.blobs)),
             (L.Kind.PREFETCH, L.PREFETCH.size, prefetch, len(prefetch) // L.PREFETCH.size),
             (L.Kind.STRINGS, 1, bytes(self.strings.pool), len(self.strings.pool)),
