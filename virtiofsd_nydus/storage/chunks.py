@@ -8,6 +8,7 @@ blake3 digest the bootstrap pinned or raises BadChunk.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import Protocol
 
 import blake3
@@ -44,6 +45,40 @@ class BlobRecord(Protocol):
     def compressed_size(self) -> int: ...
     @property
     def uncompressed_size(self) -> int: ...
+
+
+class ChunkTable(Protocol):
+    """An image's chunk table, indexed by chunk index (a list, or a bootstrap's view)."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int, /) -> ChunkRecord: ...
+
+
+class BootstrapLike(Protocol):
+    """What ``ChunkStore.from_bootstrap`` reads of a mapped bootstrap (format.reader)."""
+
+    @property
+    def chunk_count(self) -> int: ...
+    @property
+    def chunk_size(self) -> int: ...
+    @property
+    def blobs(self) -> Sequence[BlobRecord]: ...
+    def chunk(self, index: int) -> ChunkRecord: ...
+
+
+class BootstrapChunks:
+    """A bootstrap's chunk table as a ChunkTable: records are read on demand (O(1) open)."""
+
+    __slots__ = ("_bs",)
+
+    def __init__(self, bs: BootstrapLike) -> None:
+        self._bs = bs
+
+    def __len__(self) -> int:
+        return self._bs.chunk_count
+
+    def __getitem__(self, index: int, /) -> ChunkRecord:
+        return self._bs.chunk(index)
 
 
 class BadChunk(Exception):

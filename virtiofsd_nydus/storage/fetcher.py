@@ -19,6 +19,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -28,7 +29,10 @@ from .cache import BlobCache, CacheDir
 from .chunks import (
     BadChunk,
     BlobRecord,
+    BootstrapChunks,
+    BootstrapLike,
     ChunkRecord,
+    ChunkTable,
     check_chunk,
     check_chunk_in_blob,
     chunk_digest,
@@ -60,7 +64,7 @@ class ChunkStore:
 
     def __init__(
         self,
-        chunks: Sequence[ChunkRecord],
+        chunks: ChunkTable,
         blobs: Sequence[BlobRecord],
         backends: Sequence[Backend],
         cache: CacheDir | str | os.PathLike[str],
@@ -92,6 +96,17 @@ class ChunkStore:
         self._inflight: dict[int, Future[None]] = {}
         self._lock = threading.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def from_bootstrap(
+        cls,
+        bs: BootstrapLike,
+        backends: Sequence[Backend],
+        cache: CacheDir | str | os.PathLike[str],
+        **kw: Any,
+    ) -> ChunkStore:
+        """The store of a mapped bootstrap (``format.reader.Bootstrap``); slots = chunk size."""
+        return cls(BootstrapChunks(bs), bs.blobs, backends, cache, slot_size=bs.chunk_size, **kw)
 
     # -- public API -------------------------------------------------------------------------
     def read_chunk(self, chunk_index: int) -> bytes:

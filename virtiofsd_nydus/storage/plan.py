@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .chunks import ChunkRecord
+from .chunks import ChunkTable
 
 DEFAULT_MERGE_LIMIT = 8 << 20  # bytes per merged read (nydus merges prefetch at 1 MiB)
 
@@ -21,7 +21,7 @@ class FetchRange:
 
 
 def plan_ranges(
-    indices: Iterable[int], chunks: Sequence[ChunkRecord], merge_limit: int = DEFAULT_MERGE_LIMIT
+    indices: Iterable[int], chunks: ChunkTable, merge_limit: int = DEFAULT_MERGE_LIMIT
 ) -> list[FetchRange]:
     """Group chunks per blob and merge those stored back to back into one read.
 
