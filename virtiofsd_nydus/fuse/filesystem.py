@@ -202,7 +202,7 @@ class FileSystem:
         """Return (fh, FOPEN_* flags)."""
         raise fs_error(errno.ENOSYS)
 
-    def read(self, ino: int, fh: int, offset: int, size: int) -> bytes:
+    def read(self, ino: int, fh: int, offset: int, size: int) -> bytes | bytearray:
         """At most ``size`` bytes from ``offset``; short (or empty) only at end of file."""
         raise fs_error(errno.ENOSYS)
 

@@ -208,7 +208,7 @@ class ImageFS(FileSystem):
             raise fs_error(errno.EROFS)
         return 0, self._open_flags
 
-    def read(self, ino: int, fh: int, offset: int, size: int) -> bytes:
+    def read(self, ino: int, fh: int, offset: int, size: int) -> bytes | bytearray:
         node = self._regular(ino)
         end = min(offset + size, node.size)
         if offset >= end:
@@ -227,7 +227,7 @@ class ImageFS(FileSystem):
             view[lo - offset : hi - offset] = memoryview(data)[lo - foff : hi - foff]
         if out is None:
             return bytes(end - offset)  # all hole
-        return bytes(out)
+        return out
 
     def _chunk(self, ino: int, index: int, foff: int, end: int) -> bytes:
         try:

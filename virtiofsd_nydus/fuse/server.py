@@ -228,7 +228,7 @@ class Server:
             log.info("fuse: unsupported opcode %d, answering ENOSYS", opcode)
 
     # --- replies -----------------------------------------------------------------------------
-    def _ok(self, req: Request, payload: bytes = b"") -> bytes:
+    def _ok(self, req: Request, payload: bytes | bytearray = b"") -> bytes:
         n = _OUT + len(payload)
         if n > req.max_reply:
             # Only a misbehaving guest gives a reply buffer smaller than the op's reply.
@@ -430,21 +430,22 @@ class Server:
     def _readdir(self, req: Request) -> bytes:
         fh, offset, size, _, _, _, _ = _args(abi.READ_IN, req.body)
         room = min(size, req.max_reply - _OUT, self.max_write)
-        parts: list[bytes] = []
-        used = 0
+        out = bytearray()
+        pack, head, pad = abi.DIRENT.pack, abi.DIRENT.size, _PAD
         it = self.fs.readdir(req.nodeid, fh, offset)
         try:
             for d in it:
-                n = len(d.name)
-                rec = abi.dirent_size(n)
-                if used + rec > room:
+                name = d.name
+                n = len(name)
+                rec = (head + n + 7) & ~7
+                if len(out) + rec > room:
                     break
-                parts.append(abi.DIRENT.pack(d.ino, d.off, n, d.type))
-                parts.append(d.name + _PAD[rec - abi.DIRENT.size - n])
-                used += rec
+                out += pack(d.ino, d.off, n, d.type)
+                out += name
+                out += pad[rec - head - n]
         finally:
             _close(it)
-        return self._ok(req, b"".join(parts))
+        return self._ok(req, out)
 
     def _readdirplus(self, req: Request) -> bytes:
         fh, offset, size, _, _, _, _ = _args(abi.READ_IN, req.body)
