@@ -321,3 +321,17 @@ def test_a_bad_index_in_a_batch_claims_nothing(image: BuiltImage, make_store: St
     assert store.metrics.misses == 0
     store.ensure_range([0, 1, 2])
     assert [store.read_chunk(i) for i in range(3)] == image.data[:3]
+
+
+def test_scrub_finds_a_cache_changed_under_a_running_store(
+    image: BuiltImage, make_store: StoreFactory
+) -> None:
+    backend = CountingBackend(image.blob_dir)
+    store = make_store(backend)
+    store.ensure_range(range(len(image.chunks)))
+    flip_byte(store.cache.data_path(image.blobs[1].digest), SLOT + 5)  # chunk 6
+    assert store.scrub() == [6]
+    assert store.cache_location(6) is None
+    assert store.read_chunk(6) == image.data[6]
+    assert store.scrub() == []
+    assert len(backend.reads) == 2 + 1  # one per blob, then chunk 6 again

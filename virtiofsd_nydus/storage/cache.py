@@ -75,9 +75,15 @@ class BlobCache:
             self.verified[slot >> 3] |= 1 << (slot & 7)
 
     def drop(self, slot: int) -> None:
-        """Forget a slot whose cached bytes are bad. Never called on a verified slot."""
+        """Forget a slot whose cached bytes are bad (both bits).
+
+        Clearing a verified bit races with a C reader that has just tested it; only an
+        on-demand scrub finding the file changed under us does that.
+        """
+        keep = ~(1 << (slot & 7)) & 0xFF
         with self._lock:
-            self.present[HEADER_SIZE + (slot >> 3)] &= ~(1 << (slot & 7)) & 0xFF
+            self.present[HEADER_SIZE + (slot >> 3)] &= keep
+            self.verified[slot >> 3] &= keep
 
     # -- data -----------------------------------------------------------------------------
     def read(self, offset: int, size: int) -> bytes:

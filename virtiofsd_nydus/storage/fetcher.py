@@ -150,6 +150,28 @@ class ChunkStore:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._read_cached, chunk_index, c, bc)
 
+    def scrub(self, indices: Iterable[int] | None = None) -> list[int]:
+        """On demand: re-hash cached chunks now, drop those that no longer match.
+
+        Blocking (run it in a worker). Chunks being fetched are skipped. Returns the
+        dropped chunk indices; they are fetched again on their next use.
+        """
+        bad = []
+        for i in range(len(self.chunks)) if indices is None else indices:
+            c, bc, slot = self._lookup(i)
+            with self._lock:
+                if i in self._inflight or not bc.is_present(slot):
+                    continue
+            data = bc.read(c.uncompressed_offset, c.uncompressed_size)
+            if len(data) == c.uncompressed_size and chunk_digest(data) == c.digest:
+                bc.mark_verified(slot)
+                continue
+            bc.drop(slot)
+            self.metrics.cache_corrupt += 1
+            log.warning("cached chunk failed a scrub; dropped", blob=bc.digest, chunk=i)
+            bad.append(i)
+        return bad
+
     def cache_location(self, chunk_index: int) -> tuple[int, int, int] | None:
         """(fd, offset, size) of a chunk's verified bytes in its cache file, else None.
 
