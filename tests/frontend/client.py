@@ -100,9 +100,15 @@ class FuseClient:
         ]
 
     def submit(
-        self, opcode: int, nodeid: int, args: bytes = b"", out_size: int = SMALL_OUT,
-        *, queue: int | None = None, unique: int | None = None,
-    ) -> int:  # fmt: skip
+        self,
+        opcode: int,
+        nodeid: int,
+        args: bytes = b"",
+        out_size: int = SMALL_OUT,
+        *,
+        queue: int | None = None,
+        unique: int | None = None,
+    ) -> int:
         """Queue one request (published by the next flush/wait); return its unique."""
         q = self.queue if queue is None else queue
         if unique is None:
@@ -173,15 +179,23 @@ class FuseClient:
                 wait_any([self.fe.queues[qi] for qi in queues], min(left, 0.05))
         return [self.done.pop(u) for u in want]
 
-    def call(self, opcode: int, nodeid: int, args: bytes = b"", out_size: int = SMALL_OUT,
-             *, queue: int | None = None) -> memoryview:  # fmt: skip
+    def call(
+        self,
+        opcode: int,
+        nodeid: int,
+        args: bytes = b"",
+        out_size: int = SMALL_OUT,
+        *,
+        queue: int | None = None,
+    ) -> memoryview:
         u = self.submit(opcode, nodeid, args, out_size, queue=queue)
         return self.wait([u])[0].payload()
 
     # ------------------------------------------------------------ operations
 
-    def init(self, flags: int = fa.KERNEL_INIT_FLAGS, flags2: int = 0,
-             minor: int = fa.KERNEL_MINOR) -> fa.InitOut:  # fmt: skip
+    def init(
+        self, flags: int = fa.KERNEL_INIT_FLAGS, flags2: int = 0, minor: int = fa.KERNEL_MINOR
+    ) -> fa.InitOut:
         self.init_reply = fa.init_out(
             self.call(fa.Op.INIT, 0, fa.init_in(flags, flags2, minor=minor), 64)
         )
@@ -223,8 +237,9 @@ class FuseClient:
         data = self.call(fa.Op.READDIR, nodeid, fa.read_in(fh, offset, size), size)
         return fa.dirents(data, plus=False)
 
-    def readdirplus(self, nodeid: int, fh: int, offset: int = 0,
-                    size: int = 4096) -> list[fa.Dirent]:  # fmt: skip
+    def readdirplus(
+        self, nodeid: int, fh: int, offset: int = 0, size: int = 4096
+    ) -> list[fa.Dirent]:
         data = self.call(fa.Op.READDIRPLUS, nodeid, fa.read_in(fh, offset, size), size)
         return fa.dirents(data, plus=True)
 
@@ -274,12 +289,15 @@ class FuseClient:
     def write(self, nodeid: int, fh: int, offset: int, data: bytes) -> int:
         return fa.u32_first(self.call(fa.Op.WRITE, nodeid, fa.write_in(fh, offset, data), 8))
 
-    def setattr(self, nodeid: int, *, size: int | None = None,
-                mode: int | None = None) -> fa.AttrOut:  # fmt: skip
-        return fa.attr_out(self.call(fa.Op.SETATTR, nodeid, fa.setattr_in(size=size, mode=mode),
-                                     104))  # fmt: skip
+    def setattr(
+        self, nodeid: int, *, size: int | None = None, mode: int | None = None
+    ) -> fa.AttrOut:
+        return fa.attr_out(
+            self.call(fa.Op.SETATTR, nodeid, fa.setattr_in(size=size, mode=mode), 104)
+        )
 
-    def create(self, parent: int, name: bytes, flags: int = os.O_WRONLY | os.O_CREAT,
-               mode: int = 0o644) -> tuple[fa.EntryOut, fa.OpenOut]:  # fmt: skip
+    def create(
+        self, parent: int, name: bytes, flags: int = os.O_WRONLY | os.O_CREAT, mode: int = 0o644
+    ) -> tuple[fa.EntryOut, fa.OpenOut]:
         data = self.call(fa.Op.CREATE, parent, fa.create_in(name, flags, mode), 144)
         return fa.entry_out(data), fa.open_out(data[128:])

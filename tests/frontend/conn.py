@@ -93,12 +93,16 @@ class Connection:
 
     def peer_closed(self) -> bool:
         """True if the back-end hung up (checked without blocking or consuming data)."""
+        # With a socket timeout set, recv() would first wait for readiness: go non-blocking.
+        self.sock.setblocking(False)
         try:
-            data = self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            data = self.sock.recv(1, socket.MSG_PEEK)
         except BlockingIOError:
             return False
         except OSError:
             return True
+        finally:
+            self.sock.settimeout(self.timeout)
         return data == b""
 
     def close(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 from collections.abc import Sequence
@@ -51,10 +52,8 @@ class Queue:
         """Block until the device signals the call eventfd (consumed) or TIMEOUT seconds."""
         if not self._poll.poll(max(0, int(timeout * 1000))):
             return False
-        try:
+        with contextlib.suppress(BlockingIOError):
             os.eventfd_read(self.call_fd)
-        except BlockingIOError:
-            pass
         return True
 
     def wait_used(self, want: int = 1, timeout: float = 5.0) -> bool:
@@ -79,10 +78,8 @@ def wait_any(queues: Sequence[Queue], timeout: float) -> None:
     """Sleep until any of QUEUES is signalled (consuming the signals) or TIMEOUT passes."""
     ready, _, _ = select.select([q.call_fd for q in queues], [], [], max(0.0, timeout))
     for fd in ready:
-        try:
+        with contextlib.suppress(BlockingIOError):
             os.eventfd_read(fd)
-        except BlockingIOError:
-            pass
 
 
 @dataclass
@@ -113,6 +110,7 @@ class Frontend:
         reply_ack: bool = True,
         add_mem_reg: bool = False,
         timeout: float = 5.0,
+        connect_timeout: float = 10.0,
     ) -> None:
         self.socket_path = socket_path
         self.want_request_queues = request_queues
@@ -122,6 +120,7 @@ class Frontend:
         self.want_reply_ack = reply_ack
         self.want_add_mem_reg = add_mem_reg
         self.timeout = timeout
+        self.connect_timeout = connect_timeout
         self.mem = GuestMemory()
         self.mem.add(mem_size, gpa=0)
         self.neg = Negotiated()
@@ -136,8 +135,9 @@ class Frontend:
             raise BackendGone("not connected")
         return self.conn
 
-    def raw_send(self, request: int, payload: bytes = b"", fds: Sequence[int] = (),
-                 flags: int = vm.VERSION) -> None:  # fmt: skip
+    def raw_send(
+        self, request: int, payload: bytes = b"", fds: Sequence[int] = (), flags: int = vm.VERSION
+    ) -> None:
         """Send anything: any request number, flags and fds (for fuzzing)."""
         self.c.send(vm.message(request, payload, flags), fds)
 
@@ -163,7 +163,7 @@ class Frontend:
 
     def start(self) -> Frontend:
         """The whole QEMU 7.2+ start sequence: connect, negotiate, memory, every ring."""
-        self.conn = Connection(connect(self.socket_path, self.timeout), self.timeout)
+        self.conn = Connection(connect(self.socket_path, self.connect_timeout), self.timeout)
         self.negotiate()
         self.share_memory()
         for i in range(1 + self.request_queues):
@@ -252,10 +252,12 @@ class Frontend:
         self.send(
             vm.Req.SET_VRING_ADDR,
             vm.vring_addr(
-                q.index, self.mem.uaddr(r.desc_gpa), self.mem.uaddr(r.used_gpa),
+                q.index,
+                self.mem.uaddr(r.desc_gpa),
+                self.mem.uaddr(r.used_gpa),
                 self.mem.uaddr(r.avail_gpa),
             ),
-        )  # fmt: skip
+        )
         self.send(vm.Req.SET_VRING_KICK, vm.u64(q.index), [q.kick_fd])
         self.send(vm.Req.SET_VRING_CALL, vm.u64(q.index), [q.call_fd])
 
@@ -269,9 +271,7 @@ class Frontend:
     def stop_queue(self, index: int) -> int:
         """QEMU's stop: disable, then GET_VRING_BASE; returns the device's next avail index."""
         self.enable_queue(index, False)
-        qi, num = vm.reply_vring_state(
-            self.call(vm.Req.GET_VRING_BASE, vm.vring_state(index, 0))
-        )
+        qi, num = vm.reply_vring_state(self.call(vm.Req.GET_VRING_BASE, vm.vring_state(index, 0)))
         if qi != index:
             raise vm.ReplyError(f"GET_VRING_BASE answered for queue {qi}, asked {index}")
         return num

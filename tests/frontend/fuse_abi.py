@@ -148,8 +148,16 @@ class ReplyFormatError(ValueError):
 # ---------------------------------------------------------------- requests
 
 
-def in_header(opcode: int, unique: int, nodeid: int, args_len: int, *, uid: int = 0,
-              gid: int = 0, pid: int = 0) -> bytes:  # fmt: skip
+def in_header(
+    opcode: int,
+    unique: int,
+    nodeid: int,
+    args_len: int,
+    *,
+    uid: int = 0,
+    gid: int = 0,
+    pid: int = 0,
+) -> bytes:
     return IN_HEADER.pack(IN_HEADER.size + args_len, opcode, unique, nodeid, uid, gid, pid, 0, 0)
 
 
@@ -162,8 +170,12 @@ def cstr(name: bytes) -> bytes:
     return name + b"\0"
 
 
-def init_in(flags: int = KERNEL_INIT_FLAGS, flags2: int = 0, max_readahead: int = 1 << 17,
-            minor: int = KERNEL_MINOR) -> bytes:  # fmt: skip
+def init_in(
+    flags: int = KERNEL_INIT_FLAGS,
+    flags2: int = 0,
+    max_readahead: int = 1 << 17,
+    minor: int = KERNEL_MINOR,
+) -> bytes:
     return INIT_IN.pack(KERNEL_MAJOR, minor, max_readahead, flags & 0xFFFFFFFF, flags2)
 
 
@@ -355,8 +367,9 @@ def attr(data: bytes | memoryview, offset: int = 0) -> Attr:
 
 def entry_out(data: bytes | memoryview, offset: int = 0) -> EntryOut:
     _need(data, offset + ENTRY_OUT_SIZE, "entry_out")
-    head = ENTRY_OUT_HEAD.unpack_from(data, offset)
-    return EntryOut(*head, attr(data, offset + ENTRY_OUT_HEAD.size))
+    nodeid, gen, entry_valid, attr_valid, e_nsec, a_nsec = ENTRY_OUT_HEAD.unpack_from(data, offset)
+    a = attr(data, offset + ENTRY_OUT_HEAD.size)
+    return EntryOut(nodeid, gen, entry_valid, attr_valid, e_nsec, a_nsec, a)
 
 
 def attr_out(data: bytes | memoryview) -> AttrOut:

@@ -100,9 +100,13 @@ class RawQueue:
 
 
 def raw_message(
-    fe: Frontend, request: int, payload: bytes = b"", fds: Sequence[int] = (),
-    flags: int = 0x1, timeout: float = 1.0,
-) -> RawMessageResult:  # fmt: skip
+    fe: Frontend,
+    request: int,
+    payload: bytes = b"",
+    fds: Sequence[int] = (),
+    flags: int = 0x1,
+    timeout: float = 1.0,
+) -> RawMessageResult:
     """Send any vhost-user message; report the reply (if any) and whether the peer lives."""
     try:
         fe.raw_send(request, payload, fds, flags)

@@ -148,7 +148,7 @@ class Pipeline:
     def _explain(self, slots: Sequence[int]) -> None:
         for s in slots:
             off = s * self.out_stride
-            length, err, unique = fa.OUT_HEADER.unpack_from(self.out_view, off)
+            length, err, _unique = fa.OUT_HEADER.unpack_from(self.out_view, off)
             if err:
                 raise fa.FuseError(-err, "pipelined request")
             if self.expect_len is not None and length != self.expect_len:
@@ -179,9 +179,13 @@ class RunStats:
 
 
 def run(
-    fe: Frontend, pipes: Sequence[Pipeline], seconds: float, *, op_timeout: float = 5.0,
+    fe: Frontend,
+    pipes: Sequence[Pipeline],
+    seconds: float,
+    *,
+    op_timeout: float = 5.0,
     max_ops: int | None = None,
-) -> RunStats:  # fmt: skip
+) -> RunStats:
     """Keep every pipeline full for SECONDS (or MAX_OPS completions), then drain."""
     for p in pipes:
         p.start()
@@ -217,8 +221,9 @@ def run(
     return stats
 
 
-def _nap(fe: Frontend, pipes: Sequence[Pipeline], queues: list[Queue], since: float,
-         op_timeout: float) -> None:  # fmt: skip
+def _nap(
+    fe: Frontend, pipes: Sequence[Pipeline], queues: list[Queue], since: float, op_timeout: float
+) -> None:
     # Ask for a call once a quarter of the queue is back: big batches, the device stays busy.
     if any(p.ring.arm(max(1, min(p.inflight, max(1, p.depth // 4)))) for p in pipes):
         return

@@ -127,9 +127,11 @@ def test_ring_restart_resumes_at_base(fs: FuseClient) -> None:
     ids=["no-event-idx", "indirect", "segmented", "add-mem-reg"],
 )
 def test_transport_variants_read_correctly(
-    frontend_on: FrontendFactory, tree: Path, opts: dict[str, object],
+    frontend_on: FrontendFactory,
+    tree: Path,
+    opts: dict[str, object],
     client_opts: dict[str, int],
-) -> None:  # fmt: skip
+) -> None:
     fe, _ = frontend_on(**opts)
     fs = FuseClient(fe, **client_opts)  # type: ignore[arg-type]
     fs.init()

@@ -115,8 +115,9 @@ def _pick_file(sess: Session, path: str, min_size: int) -> tuple[int, int]:
     return node, size
 
 
-def _read_pipes(sess: Session, path: str, io: int, depth: int, queues: int, seq: bool,
-                indirect: bool) -> list[Pipeline]:  # fmt: skip
+def _read_pipes(
+    sess: Session, path: str, io: int, depth: int, queues: int, seq: bool, indirect: bool
+) -> list[Pipeline]:
     node, size = _pick_file(sess, path, io)
     fh = sess.fs.open(node).fh
     nblocks = size // io
@@ -139,8 +140,9 @@ def _read_pipes(sess: Session, path: str, io: int, depth: int, queues: int, seq:
 
     tmpl = fa.request(fa.Op.READ, 0, node, fa.read_in(fh, 0, io))
     return [
-        Pipeline(sess.fe, q, depth, tmpl, io, expect_len=16 + io, prepare=prepare,
-                 indirect=indirect)  # fmt: skip
+        Pipeline(
+            sess.fe, q, depth, tmpl, io, expect_len=16 + io, prepare=prepare, indirect=indirect
+        )
         for q in range(1, queues + 1)
     ]
 
@@ -153,8 +155,9 @@ def _tree(sess: Session, path: str, limit: int = 20000) -> list[Node]:
     return nodes
 
 
-def _getattr_pipes(sess: Session, path: str, depth: int, queues: int,
-                   indirect: bool) -> list[Pipeline]:  # fmt: skip
+def _getattr_pipes(
+    sess: Session, path: str, depth: int, queues: int, indirect: bool
+) -> list[Pipeline]:
     ids = [n.nodeid for n in _tree(sess, path)]
     state = {"next": 0}
     pack = _Q.pack_into
@@ -168,14 +171,16 @@ def _getattr_pipes(sess: Session, path: str, depth: int, queues: int,
 
     tmpl = fa.request(fa.Op.GETATTR, 0, ids[0], fa.getattr_in())
     return [
-        Pipeline(sess.fe, q, depth, tmpl, 104, expect_len=16 + 104, prepare=prepare,
-                 indirect=indirect)  # fmt: skip
+        Pipeline(
+            sess.fe, q, depth, tmpl, 104, expect_len=16 + 104, prepare=prepare, indirect=indirect
+        )
         for q in range(1, queues + 1)
     ]
 
 
-def _lookup_pipes(sess: Session, path: str, depth: int, queues: int,
-                  indirect: bool) -> list[Pipeline]:  # fmt: skip
+def _lookup_pipes(
+    sess: Session, path: str, depth: int, queues: int, indirect: bool
+) -> list[Pipeline]:
     nodes = _tree(sess, path)
     names = [n.name + b"\0" for n in nodes]
     parents = [n.parent for n in nodes]
@@ -209,14 +214,16 @@ def _lookup_pipes(sess: Session, path: str, depth: int, queues: int,
     sess.after.append(forget_counts)
     tmpl = fa.request(fa.Op.LOOKUP, 0, fa.ROOT_ID, fa.lookup_in(b"x"))
     return [
-        Pipeline(sess.fe, q, depth, tmpl, 128, in_room=40 + 256, expect_len=16 + 128,
-                 prepare=prepare)  # fmt: skip
+        Pipeline(
+            sess.fe, q, depth, tmpl, 128, in_room=40 + 256, expect_len=16 + 128, prepare=prepare
+        )
         for q in range(1, queues + 1)
     ]
 
 
-def _readdirplus_pipes(sess: Session, path: str, io: int, depth: int, queues: int,
-                       indirect: bool) -> list[Pipeline]:  # fmt: skip
+def _readdirplus_pipes(
+    sess: Session, path: str, io: int, depth: int, queues: int, indirect: bool
+) -> list[Pipeline]:
     entry = sess.resolve(path)
     node = fa.ROOT_ID if entry is None else entry.nodeid
     fh = sess.fs.opendir(node).fh
@@ -273,17 +280,24 @@ def run_workload(
     io_size: int | None = None,
     event_idx: bool = True,
     indirect: bool = False,
+    connect_timeout: float = 10.0,
 ) -> Result:
     """Connect to SOCKET as a fresh front-end, run workload NAME, disconnect cleanly."""
     if name not in WORKLOADS:
         raise ValueError(f"unknown workload {name!r} (one of {', '.join(WORKLOADS)})")
-    io = io_size or {"seqread128k": 128 << 10, "randread4k": 4096, "readdirplus": 4096}.get(
-        name, 0
-    )
+    io = io_size or {"seqread128k": 128 << 10, "randread4k": 4096, "readdirplus": 4096}.get(name, 0)
     per_slot = io + 4096
     mem_size = max(64 << 20, (queue_depth * queues * per_slot * 2 + (48 << 20)) & ~0xFFFFF)
-    fe = Frontend(socket, mem_size=mem_size, request_queues=queues, queue_size=queue_size,
-                  event_idx=event_idx, indirect=indirect).start()  # fmt: skip
+    fe = Frontend(
+        socket,
+        mem_size=mem_size,
+        request_queues=queues,
+        queue_size=queue_size,
+        event_idx=event_idx,
+        indirect=indirect,
+        connect_timeout=connect_timeout,
+    )
+    fe.start()
     try:
         sess = Session(fe)
         nq = fe.request_queues
