@@ -17,6 +17,7 @@ class Assembled:
     image: Image
     blob_files: list[tuple[Blob, Path]]  # in Image.blobs order; where each file is now
     new_blob: Blob | None = None  # the blob this conversion wrote (first in the list)
+    new_data_bytes: int = 0  # uncompressed bytes of the chunks in new_blob
     files: int = 0
     dirs: int = 0
     others: int = 0
@@ -91,7 +92,7 @@ def assemble(
         return c
 
     image = Image(root=root, blobs=[b for b, _ in blob_files], chunk_size=chunk_size)
-    out = Assembled(image, blob_files, blob)
+    out = Assembled(image, blob_files, blob, sum(p.uncompressed_size for p in placed.values()))
     for node in nodes:
         if node.is_dir:
             out.dirs += 1

@@ -18,7 +18,7 @@ from ..format.reader import Bootstrap
 from . import mediatypes as mt
 from .blobread import LocalBlobs
 from .imagedir import ImageDir
-from .manifest import check_digest, parse_json
+from .manifest import check_digest
 
 
 def _sha256_file(path: str) -> str:
@@ -33,13 +33,7 @@ def _check_oci(img: ImageDir, bs: Bootstrap, boot: bytes) -> list[str]:
     """index.json → manifest → layers: the bootstrap layer holds image.boot; blobs match."""
     problems = []
     try:
-        index = parse_json((img.path / "index.json").read_bytes(), "index.json")
-        mdesc = (index.get("manifests") or [None])[0]
-        if not isinstance(mdesc, dict):
-            return ["index.json lists no manifest"]
-        mbytes = img.blob_path(mdesc["digest"]).read_bytes()
-        check_digest(mbytes, mdesc["digest"], "manifest")
-        manifest = parse_json(mbytes, "manifest")
+        manifest = img.manifest()
         layers = manifest.get("layers") or []
         boot_layers = [d for d in layers if d.get("mediaType") == mt.BOOTSTRAP_LAYER]
         data_layers = [d["digest"] for d in layers if d.get("mediaType") == mt.NYDUS_BLOB]
@@ -68,7 +62,7 @@ def check(image_dir: str) -> tuple[list[str], str]:
                 step()
             except ImageError as exc:
                 problems.append(str(exc))
-        problems += _check_oci(img, bs, img.bootstrap_path.read_bytes())
+        problems += _check_oci(img, bs, img.bootstrap_bytes())
         for b in bs.blobs:
             p = img.blob_path(b.digest)
             if not p.is_file():

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     )
     res = convert(args.source, Path(args.output_dir), opts)
     st, asm = res.stats, res.assembled
-    unique = asm.new_blob.uncompressed_size if asm.new_blob else 0
+    unique = asm.new_data_bytes
     print(f"converted {args.source} -> {res.output} ({res.layers} layers)")
     print(f"  manifest        {res.manifest_digest}")
     print(f"  root digest     {res.root_digest.hex()}")
