@@ -335,3 +335,25 @@ def test_scrub_finds_a_cache_changed_under_a_running_store(
     assert store.read_chunk(6) == image.data[6]
     assert store.scrub() == []
     assert len(backend.reads) == 2 + 1  # one per blob, then chunk 6 again
+
+
+@pytest.mark.timeout(120)
+def test_an_async_request_waits_for_a_threads_fetch(
+    image: BuiltImage, make_store: StoreFactory
+) -> None:
+    backend = GatedBackend(image.blob_dir)
+    store = make_store(backend)
+    with ThreadPoolExecutor(1) as pool:
+        owner = pool.submit(store.read_chunk, 5)
+        assert backend.entered.acquire(timeout=60)
+
+        async def waiter() -> bytes:
+            task = asyncio.create_task(store.aread_chunk(5))
+            while store.metrics.coalesced < 1:
+                await asyncio.sleep(0.01)
+            backend.release.set()
+            return await task
+
+        assert asyncio.run(waiter()) == image.data[5]
+        assert owner.result() == image.data[5]
+    assert len(backend.reads) == 1

@@ -55,7 +55,7 @@ class StoreMetrics:
     backend_reads: int = 0  # range reads issued (after merging)
     bytes_fetched: int = 0  # stored bytes read from backends
     verify_failures: int = 0  # fetched chunks whose bytes did not decode/verify
-    refetches: int = 0  # range reads repeated after bad data or a failed source
+    refetches: int = 0  # retry rounds for a range (after bad data or a failed source)
     errors: int = 0  # chunks given up on (EIO)
 
 
