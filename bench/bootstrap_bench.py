@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import stat
 import subprocess
 import sys
@@ -119,9 +120,10 @@ def main() -> None:
         t = time.perf_counter()
         image = synthetic(args.files)
         rows.append(("build model", f"{time.perf_counter() - t:.1f} s", f"{args.files:,} files"))
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         write_bootstrap_file(image, path)
-        rows.append(("write bootstrap", f"{time.perf_counter() - t:.1f} s", "target tens of s"))
+        wall, cpu = time.perf_counter() - t, time.process_time() - c
+        rows.append(("write bootstrap", f"{wall:.1f} s", f"{cpu:.1f} s CPU; target tens of s"))
         rows.append(("bootstrap size", f"{path.stat().st_size / 2**20:.1f} MiB", ""))
         del image
         out = subprocess.run(
@@ -153,9 +155,12 @@ def main() -> None:
             bs.verify()
             rows.append(("verify()", f"{time.perf_counter() - t:.2f} s", "section digests"))
             if args.merkle:
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 bs.verify_merkle()
-                rows.append(("verify_merkle()", f"{time.perf_counter() - t:.1f} s", "every inode"))
+                wall, cpu = time.perf_counter() - t, time.process_time() - c
+                rows.append(("verify_merkle()", f"{wall:.1f} s", f"{cpu:.1f} s CPU; every inode"))
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    rows.append(("load average", " ".join(load), f"{os.cpu_count()} CPUs, shared"))
     width = max(len(r[0]) for r in rows)
     for name, value, note in rows:
         print(f"{name:<{width}}  {value:>12}  {note}")
