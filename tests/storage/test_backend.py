@@ -7,6 +7,8 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.storage.blobs import BuiltImage
 from tests.storage.conftest import NO_WAIT
@@ -118,3 +120,32 @@ def test_plan_merges_back_to_back_chunks_only() -> None:
     ]
     limited = plan_ranges([0, 1, 2, 4], table, merge_limit=10)  # type: ignore[arg-type]
     assert [r.chunks for r in limited] == [(0,), (1,), (2, 4)]
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 2), st.integers(1, 50), st.booleans()), max_size=40),
+    st.integers(1, 200),
+    st.data(),
+)
+def test_plan_covers_exactly_the_request(
+    layout: list[tuple[int, int, bool]], limit: int, data: st.DataObject
+) -> None:
+    """Chunks laid out per blob with or without gaps: every read is contiguous, within the
+    limit unless it is one chunk, and the reads cover each requested chunk exactly once."""
+    ends = [0, 0, 0]
+    table = []
+    for blob, size, gap in layout:
+        ends[blob] += 7 if gap else 0
+        table.append(_C(blob, ends[blob], size))
+        ends[blob] += size
+    want = data.draw(st.lists(st.integers(0, len(table) - 1))) if table else []
+    got = plan_ranges(want, table, merge_limit=limit)  # type: ignore[arg-type]
+    assert sorted(i for r in got for i in r.chunks) == sorted(set(want))
+    for r in got:
+        pos = r.offset
+        for i in r.chunks:
+            c = table[i]
+            assert (c.blob_index, c.compressed_offset) == (r.blob_index, pos)
+            pos += c.compressed_size
+        assert pos == r.offset + r.size
+        assert r.size <= limit or len(r.chunks) == 1
