@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,6 +30,20 @@ def test_workload_runs(reference_virtiofsd: Callable[..., Daemon], tree: Path, n
     if name.endswith(("4k", "128k")):
         assert res.bytes == res.ops * (4096 if name == "randread4k" else 128 << 10)
     assert daemon.proc.wait(5) == 0  # a clean stop and hang-up: virtiofsd exits happily
+
+
+@pytest.mark.parametrize(
+    "opts", [{"indirect": True}, {"event_idx": False}, {"queue_size": 64, "queue_depth": 48}]
+)
+def test_pipeline_transport_variants(
+    reference_virtiofsd: Callable[..., Daemon], tree: Path, opts: dict[str, Any]
+) -> None:
+    daemon = reference_virtiofsd(tree)
+    args: dict[str, Any] = {"queue_depth": 16, **opts}
+    res = run_workload(
+        str(daemon.socket_path), "randread4k", path="/big.bin", seconds=0.3, warmup=0, **args
+    )
+    assert res.ops > res.queue_depth and res.queue_depth == min(args["queue_depth"], 24)
 
 
 def test_cli_prints_json(
