@@ -35,6 +35,7 @@ def extract(tar: Path, dest: Path) -> Path:
 
 
 def unpack_tree(image_dir: Path, tmp: Path) -> Path:
+    tmp.mkdir(parents=True, exist_ok=True)
     ok("unpack", image_dir, tmp / "unpacked.tar")
     return extract(tmp / "unpacked.tar", tmp / "unpacked")
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-import crypt  # bcrypt htpasswd lines for distribution's basic auth
 import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import crypt  # bcrypt lines for distribution's htpasswd (libxcrypt does $2b$)
 
 
 def free_port() -> int:
