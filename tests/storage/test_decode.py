@@ -37,6 +37,11 @@ def _zstd(data: bytes, content_size: bool = True) -> bytes:
     return zstandard.ZstdCompressor(level=3, write_content_size=content_size).compress(data)
 
 
+def _huge_window(data: bytes) -> bytes:
+    cobj = zstandard.ZstdCompressor(level=22, write_content_size=False).compressobj()
+    return cobj.compress(data) + cobj.flush()
+
+
 def test_good_frames_decode() -> None:
     for stored in (_zstd(PLAIN), _zstd(PLAIN, content_size=False)):
         assert decode_chunk(_chunk(stored), stored) == PLAIN
@@ -55,6 +60,7 @@ def test_bombs_and_size_lies_are_refused() -> None:
         _zstd(PLAIN) + _zstd(PLAIN),  # a second frame
         _zstd(PLAIN)[:-3],  # truncated frame
         b"\x28\xb5\x2f\xfd" + b"\xff" * 20,  # a magic number and garbage
+        _huge_window(PLAIN),  # asks for a 128 MiB window to decode 12 KB
     ):
         with pytest.raises(BadChunk):
             decode_chunk(replace(c, compressed_size=len(stored)), stored)

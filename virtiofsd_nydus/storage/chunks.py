@@ -15,6 +15,7 @@ import blake3
 import zstandard
 
 from ..errors import ImageError
+from ..format.model import MAX_CHUNK_SIZE
 
 DIGEST_SIZE = 32
 
@@ -118,11 +119,16 @@ def check_chunk_in_blob(index: int, c: ChunkRecord, blob: BlobRecord) -> None:
 _tls = threading.local()
 
 
+# A chunk never needs a window larger than itself: refuse frames asking for more memory
+# (zstd allows 128 MiB by default) instead of allocating it for untrusted bytes.
+MAX_WINDOW = 2 * MAX_CHUNK_SIZE
+
+
 def _dctx() -> zstandard.ZstdDecompressor:
     # A decompression context is not thread-safe; one per thread, reused.
     d = getattr(_tls, "dctx", None)
     if d is None:
-        d = _tls.dctx = zstandard.ZstdDecompressor()
+        d = _tls.dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
     return d
 
 
