@@ -50,7 +50,7 @@ class FileChunk:
 class Blob:
     digest: str  # "sha256:<hex>" of the blob file: its OCI layer digest
     compressed_size: int  # size of the blob file
-    uncompressed_size: int  # sum of its chunks' uncompressed sizes
+    uncompressed_size: int  # extent of its uncompressed view: slots * chunk size (docs/storage.md)
     compression: int = Compression.ZSTD
 
 
