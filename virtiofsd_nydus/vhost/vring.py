@@ -53,16 +53,23 @@ class Chain:
         """Copy ``size`` bytes (default: the rest) of the readable stream from ``offset``."""
         if size < 0:
             size = max(self.read_len - offset, 0)
-        buf = bytearray(size)
-        got = lib.vn_chain_read(self.cdata, offset, ffi.from_buffer(buf), size)
-        return bytes(buf[:got]) if got < size else bytes(buf)
+        c = self.cdata
+        if c.nread:
+            first = c.iov[0]
+            if offset + size <= first.len:  # the common case: one descriptor, one copy
+                return ffi.buffer(first.base + offset, size)[:]  # type: ignore[no-any-return]
+        buf = _alloc("uint8_t[]", size)
+        got = lib.vn_chain_read(c, offset, buf, size)
+        return ffi.buffer(buf, got)[:]  # type: ignore[no-any-return]
 
     def readinto(self, buf: bytearray | memoryview, offset: int = 0) -> int:
         return int(lib.vn_chain_read(self.cdata, offset, ffi.from_buffer(buf), len(buf)))
 
     def write(self, data: bytes | bytearray | memoryview, offset: int = 0) -> int:
         """Scatter ``data`` into the writable stream at ``offset``; returns bytes written."""
-        return int(lib.vn_chain_write(self.cdata, offset, ffi.from_buffer(data), len(data)))
+        if type(data) is not bytes:  # bytes go straight in; others need a cdata view
+            data = ffi.from_buffer(data)
+        return int(lib.vn_chain_write(self.cdata, offset, data, len(data)))
 
     def write_buffers(self, offset: int, size: int) -> list[memoryview]:
         """The writable stream [offset, offset+size) as memoryviews (for os.preadv)."""
