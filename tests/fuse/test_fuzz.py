@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from virtiofsd_nydus.fuse import abi
 from virtiofsd_nydus.fuse.abi import Opcode
 from virtiofsd_nydus.fuse.imagefs import ImageFS
+from virtiofsd_nydus.fuse.passthroughfs import PassthroughFS
 from virtiofsd_nydus.fuse.server import Server
 
 from .images import Built, File, Link, build
@@ -65,9 +66,19 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Built:
     return build(tree, Path(tmp_path_factory.mktemp("fuzz")))
 
 
-def _servers(image: Built) -> list[Server]:
+@pytest.fixture(scope="module")
+def passthrough(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PassthroughFS]:
+    d = Path(tmp_path_factory.mktemp("fuzz-pt"))
+    (d / "f").write_bytes(b"data")
+    (d / "d").mkdir()
+    fs = PassthroughFS(d)
+    yield fs
+    fs.close()
+
+
+def _servers(image: Built, passthrough: PassthroughFS) -> list[Server]:
     out = []
-    for fs in (sample()[0], ImageFS(image.bootstrap, image.source)):
+    for fs in (sample()[0], ImageFS(image.bootstrap, image.source), passthrough):
         srv = Server(fs)
         srv.handle(request(Opcode.INIT, init_body(38, KERNEL_FLAGS, KERNEL_FLAGS2)), BIG)
         out.append(srv)
@@ -78,8 +89,10 @@ def _servers(image: Built) -> list[Server]:
     max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(data=st.binary(max_size=300), max_reply=st.integers(0, 1 << 17))
-def test_random_bytes(image: Built, data: bytes, max_reply: int) -> None:
-    for srv in [Server(sample()[0]), *_servers(image)]:
+def test_random_bytes(
+    image: Built, passthrough: PassthroughFS, data: bytes, max_reply: int
+) -> None:
+    for srv in [Server(sample()[0]), *_servers(image, passthrough)]:
         check(srv.handle(data, max_reply), max_reply)
 
 
@@ -106,9 +119,15 @@ _small = st.one_of(st.integers(0, 8), st.integers(0, 2**64 - 1))
     max_reply=st.one_of(st.just(BIG), st.integers(0, 4096)),
 )
 def test_structured_requests(
-    image: Built, opcode: int, nodeid: int, body: bytes, extlen: int, max_reply: int
+    image: Built,
+    passthrough: PassthroughFS,
+    opcode: int,
+    nodeid: int,
+    body: bytes,
+    extlen: int,
+    max_reply: int,
 ) -> None:
-    for srv in _servers(image):
+    for srv in _servers(image, passthrough):
         raw = request(opcode, body, nodeid=nodeid, extlen=extlen)
         check(srv.handle(raw, max_reply), max_reply)
         # and the session still works afterwards

@@ -20,13 +20,12 @@ from virtiofsd_nydus.fuse.imagefs import ImageFS, encode_rdev
 from virtiofsd_nydus.fuse.server import Server
 
 from .images import CS, Built, Dev, File, Link, build
+from .session import Session as _Session
 from .wire import (
     BIG,
     ENTRY_NODEID,
     KERNEL_FLAGS,
-    Reply,
     attr_of_entry,
-    attr_out,
     cstr,
     dirents,
     entry_out,
@@ -75,43 +74,20 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Built:
     return build(TREE, tmp_path_factory.mktemp("img"))
 
 
-class Session:
-    def __init__(self, built: Built, policy: CachePolicy = CachePolicy.ALWAYS) -> None:
-        self.fs = ImageFS(built.bootstrap, built.source, policy=policy)
-        self.srv = Server(self.fs)
-        assert (
-            parse(self.srv.handle(request(Opcode.INIT, init_body(38, KERNEL_FLAGS)), BIG)).error
-            == 0
-        )
+def Session(built: Built, policy: CachePolicy = CachePolicy.ALWAYS) -> ImageSession:
+    return ImageSession(ImageFS(built.bootstrap, built.source, policy=policy))
 
-    def call(self, opcode: int, body: bytes = b"", nodeid: int = 1, **kw: int) -> Reply:
-        return parse(self.srv.handle(request(opcode, body, nodeid=nodeid, **kw), BIG))
 
-    def lookup(self, path: bytes) -> int:
-        ino = 1
-        for part in path.split(b"/"):
-            r = self.call(Opcode.LOOKUP, cstr(part), nodeid=ino)
-            assert r.error == 0, (path, part, r.error)
-            ino = entry_out(r.payload)[ENTRY_NODEID]
-        return ino
-
-    def getattr(self, ino: int) -> dict[str, int]:
-        return attr_out(self.call(Opcode.GETATTR, abi.GETATTR_IN.pack(0, 0, 0), nodeid=ino).payload)
-
-    def read(self, ino: int, offset: int, size: int) -> Reply:
-        return self.call(Opcode.READ, read_in(0, offset, size), nodeid=ino)
-
-    def lseek(self, ino: int, offset: int, whence: int) -> int:
-        r = self.call(Opcode.LSEEK, abi.LSEEK_IN.pack(0, offset, whence, 0), nodeid=ino)
-        return -r.error if r.error else abi.LSEEK_OUT.unpack(r.payload)[0]
+class ImageSession(_Session):
+    fs: ImageFS
 
 
 @pytest.fixture
-def s(image: Built) -> Session:
+def s(image: Built) -> ImageSession:
     return Session(image)
 
 
-def test_lookup_and_getattr(s: Session, image: Built) -> None:
+def test_lookup_and_getattr(s: ImageSession, image: Built) -> None:
     ino = s.lookup(b"hello")
     a = s.getattr(ino)
     assert stat.S_ISREG(a["mode"]) and a["mode"] & 0o777 == 0o644
@@ -127,7 +103,7 @@ def test_lookup_and_getattr(s: Session, image: Built) -> None:
     assert (private["uid"], private["gid"]) == (1000, 100)
 
 
-def test_device_numbers_use_the_kernels_encoding(s: Session) -> None:
+def test_device_numbers_use_the_kernels_encoding(s: ImageSession) -> None:
     null = s.getattr(s.lookup(b"null"))
     assert stat.S_ISCHR(null["mode"]) and null["rdev"] == (1 << 8) | 3
     wide = s.getattr(s.lookup(b"wide"))
@@ -136,7 +112,7 @@ def test_device_numbers_use_the_kernels_encoding(s: Session) -> None:
     assert (wide["rdev"] & 0xFF) | ((wide["rdev"] >> 12) & ~0xFF) == 70000
 
 
-def test_lookup_errors(s: Session) -> None:
+def test_lookup_errors(s: ImageSession) -> None:
     neg = entry_out(s.call(Opcode.LOOKUP, cstr(b"missing")).payload)
     assert neg[ENTRY_NODEID] == 0 and neg[2] == 86400  # the miss is cached like a hit
     assert s.call(Opcode.LOOKUP, cstr(b"x"), nodeid=s.lookup(b"hello")).error == errno.ENOTDIR
@@ -155,7 +131,7 @@ def test_no_negative_caching_without_caching(image: Built) -> None:
     assert oflags == abi.FOPEN_DIRECT_IO
 
 
-def test_lookup_counts_forget_and_reset_on_init(s: Session) -> None:
+def test_lookup_counts_forget_and_reset_on_init(s: ImageSession) -> None:
     hello = s.lookup(b"hello")
     s.lookup(b"hello")
     dir_ = s.lookup(b"dir")
@@ -175,7 +151,7 @@ def test_lookup_counts_forget_and_reset_on_init(s: Session) -> None:
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))
-def test_read_whole_files(s: Session, name: bytes) -> None:
+def test_read_whole_files(s: ImageSession, name: bytes) -> None:
     ino = s.lookup(name)
     fh, oflags, _ = abi.OPEN_OUT.unpack(
         s.call(Opcode.OPEN, abi.OPEN_IN.pack(os.O_RDONLY, 0), nodeid=ino).payload
@@ -199,10 +175,10 @@ def test_read_any_range(image: Built, name: bytes, offset: int, size: int) -> No
     assert s.read(ino, offset, size).payload == EXPECTED[name][offset : offset + size]
 
 
-_sessions: dict[int, Session] = {}
+_sessions: dict[int, ImageSession] = {}
 
 
-def _shared(image: Built) -> Session:
+def _shared(image: Built) -> ImageSession:
     # One session per image across hypothesis examples (fixtures are not reset per example).
     return _sessions.setdefault(id(image), Session(image))
 
@@ -215,13 +191,13 @@ def test_holes_cost_no_chunk_reads(image: Built) -> None:
     assert image.source.reads == before
 
 
-def test_read_errors(s: Session) -> None:
+def test_read_errors(s: ImageSession) -> None:
     assert s.read(1, 0, 10).error == errno.EISDIR
     assert s.read(s.lookup(b"link"), 0, 10).error == errno.EINVAL
     assert s.read(s.lookup(b"null"), 0, 10).error == errno.EINVAL
 
 
-def test_open_refuses_writing_and_directories(s: Session) -> None:
+def test_open_refuses_writing_and_directories(s: ImageSession) -> None:
     ino = s.lookup(b"hello")
     for flags in (os.O_WRONLY, os.O_RDWR, os.O_RDONLY | os.O_TRUNC):
         assert s.call(Opcode.OPEN, abi.OPEN_IN.pack(flags, 0), nodeid=ino).error == errno.EROFS
@@ -231,12 +207,12 @@ def test_open_refuses_writing_and_directories(s: Session) -> None:
     assert s.call(Opcode.OPENDIR, abi.OPEN_IN.pack(0, 0), nodeid=ino).error == errno.ENOTDIR
 
 
-def test_readlink(s: Session) -> None:
+def test_readlink(s: ImageSession) -> None:
     assert s.call(Opcode.READLINK, nodeid=s.lookup(b"link")).payload == b"hello"
     assert s.call(Opcode.READLINK, nodeid=s.lookup(b"hello")).error == errno.EINVAL
 
 
-def _list(s: Session, ino: int, size: int, plus: bool) -> list:  # type: ignore[type-arg]
+def _list(s: ImageSession, ino: int, size: int, plus: bool) -> list:  # type: ignore[type-arg]
     op = Opcode.READDIRPLUS if plus else Opcode.READDIR
     out, offset = [], 0
     while True:
@@ -250,7 +226,7 @@ def _list(s: Session, ino: int, size: int, plus: bool) -> list:  # type: ignore[
 
 
 @pytest.mark.parametrize("size", [4096, 300])
-def test_readdir(s: Session, image: Built, size: int) -> None:
+def test_readdir(s: ImageSession, image: Built, size: int) -> None:
     d = s.lookup(b"dir")
     got = _list(s, d, size, plus=False)
     assert [e.name for e in got] == [b".", b"..", *sorted([*DIR_NAMES, b"sub"])]
@@ -264,14 +240,14 @@ def test_readdir(s: Session, image: Built, size: int) -> None:
     assert _list(s, 1, 4096, False)[1].ino == 1  # the root's parent is itself
 
 
-def test_readdir_past_the_end_and_of_a_file(s: Session) -> None:
+def test_readdir_past_the_end_and_of_a_file(s: ImageSession) -> None:
     assert s.call(Opcode.READDIR, read_in(0, 10**9, 4096), nodeid=1).payload == b""
     r = s.call(Opcode.READDIR, read_in(0, 0, 4096), nodeid=s.lookup(b"hello"))
     assert r.error == errno.ENOTDIR
 
 
 @pytest.mark.parametrize("size", [8192, 500])
-def test_readdirplus_entries_count_as_lookups(s: Session, size: int) -> None:
+def test_readdirplus_entries_count_as_lookups(s: ImageSession, size: int) -> None:
     d = s.lookup(b"dir")
     got = _list(s, d, size, plus=True)
     assert len(got) == 2 + len(DIR_NAMES) + 1
@@ -282,7 +258,7 @@ def test_readdirplus_entries_count_as_lookups(s: Session, size: int) -> None:
     assert attr_of_entry(got[5].entry)["size"] == len(got[5].name)
 
 
-def test_xattrs(s: Session) -> None:
+def test_xattrs(s: ImageSession) -> None:
     ino = s.lookup(b"hello")
     get = abi.GETXATTR_IN.pack
     assert s.call(Opcode.GETXATTR, get(10, 0) + cstr(b"user.greeting"), nodeid=ino).payload == b"hi"
@@ -310,7 +286,7 @@ def _oracle(data_chunks: set[int], size: int, offset: int, whence: int) -> int:
     ("name", "chunks"),
     [(b"sparse", {1, 4, 5}), (b"allhole", set()), (b"big", {0, 1, 2, 3}), (b"empty", set())],
 )
-def test_lseek_data_and_hole(s: Session, name: bytes, chunks: set[int]) -> None:
+def test_lseek_data_and_hole(s: ImageSession, name: bytes, chunks: set[int]) -> None:
     ino = s.lookup(name)
     size = len(EXPECTED[name])
     for offset in sorted(
@@ -326,7 +302,7 @@ def test_lseek_data_and_hole(s: Session, name: bytes, chunks: set[int]) -> None:
     assert s.lseek(1, 0, abi.SEEK_DATA) == -errno.EISDIR
 
 
-def test_statfs(s: Session, image: Built) -> None:
+def test_statfs(s: ImageSession, image: Built) -> None:
     st_ = abi.STATFS_OUT.unpack(s.call(Opcode.STATFS).payload)
     blocks, bfree, bavail, files, ffree, bsize, namelen, frsize, _ = st_
     assert (bfree, bavail, ffree, bsize, namelen, frsize) == (0, 0, 0, 4096, 255, 4096)
@@ -348,7 +324,7 @@ def test_statfs(s: Session, image: Built) -> None:
         (b"dir", os.X_OK | os.R_OK, 7, 7, 0),
     ],
 )
-def test_access(s: Session, path: bytes, mask: int, uid: int, gid: int, code: int) -> None:
+def test_access(s: ImageSession, path: bytes, mask: int, uid: int, gid: int, code: int) -> None:
     ino = s.lookup(path)
     assert (
         s.call(Opcode.ACCESS, abi.ACCESS_IN.pack(mask, 0), nodeid=ino, uid=uid, gid=gid).error
@@ -356,7 +332,7 @@ def test_access(s: Session, path: bytes, mask: int, uid: int, gid: int, code: in
     )
 
 
-def test_mutations_are_erofs(s: Session) -> None:
+def test_mutations_are_erofs(s: ImageSession) -> None:
     assert s.call(Opcode.MKDIR, abi.MKDIR_IN.pack(0o755, 0) + cstr(b"new")).error == errno.EROFS
     body = abi.CREATE_IN.pack(os.O_CREAT | os.O_WRONLY, 0o644, 0, 0) + cstr(b"new")
     assert s.call(Opcode.CREATE, body).error == errno.EROFS

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Iterator
 from enum import Enum
 from typing import NamedTuple
@@ -333,6 +334,27 @@ class SetAttr(NamedTuple):
     size: int
     atime_ns: int
     mtime_ns: int
+
+
+def check_access(mode: int, owner: int, group: int, mask: int, uid: int, gid: int) -> None:
+    """The classic permission check for ACCESS (the guest usually checks itself with
+    default_permissions). Only the caller's primary group is known. W_OK is the caller's
+    business on a read-only file system (EROFS first)."""
+    if mask == os.F_OK:
+        return
+    if uid == 0:
+        # root may read and write anything; execute only what some x bit (or a dir) allows
+        if mask & os.X_OK and not (stat.S_ISDIR(mode) or mode & 0o111):
+            raise fs_error(errno.EACCES)
+        return
+    if uid == owner:
+        bits = (mode >> 6) & 7
+    elif gid == group:
+        bits = (mode >> 3) & 7
+    else:
+        bits = mode & 7
+    if mask & 7 & ~bits:
+        raise fs_error(errno.EACCES)
 
 
 def dtype_of(mode: int) -> int:

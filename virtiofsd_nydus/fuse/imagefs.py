@@ -27,6 +27,7 @@ from .filesystem import (
     FileSystem,
     StatFs,
     Timeouts,
+    check_access,
     fs_error,
 )
 
@@ -163,24 +164,9 @@ class ImageFS(FileSystem):
 
     def access(self, ino: int, mask: int, uid: int, gid: int) -> None:
         node = self._inode(ino)
-        if mask == os.F_OK:
-            return
         if mask & os.W_OK:
             raise fs_error(errno.EROFS)
-        mode = node.mode
-        if uid == 0:
-            # root reads anything; executes only what some x bit (or a directory) allows
-            if mask & os.X_OK and not (node.is_dir or mode & 0o111):
-                raise fs_error(errno.EACCES)
-            return
-        if uid == node.uid:
-            bits = (mode >> 6) & 7
-        elif gid == node.gid:
-            bits = (mode >> 3) & 7
-        else:
-            bits = mode & 7
-        if mask & 7 & ~bits:
-            raise fs_error(errno.EACCES)
+        check_access(node.mode, node.uid, node.gid, mask, uid, gid)
 
     def statfs(self, ino: int) -> StatFs:
         self._inode(ino)
