@@ -22,6 +22,9 @@ from .vring import Buf, SplitRing
 Prepare = Callable[["Pipeline", Sequence[int]], None]
 
 
+WAKE_DIV = 4
+
+
 class PipelineError(RuntimeError):
     """A reply in the hot loop was not what the workload expects (wrong length / error)."""
 
@@ -175,6 +178,7 @@ def _same_u32(value: int, n: int) -> memoryview:
 class RunStats:
     completed: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # this process's CPU time: the driver's own cost
     latencies_ns: list[int] = field(default_factory=list)
 
 
@@ -187,6 +191,7 @@ def run(
     max_ops: int | None = None,
 ) -> RunStats:
     """Keep every pipeline full for SECONDS (or MAX_OPS completions), then drain."""
+    cpu0 = time.process_time()
     for p in pipes:
         p.start()
     t0 = time.perf_counter()
@@ -214,8 +219,9 @@ def run(
             break
         _nap(fe, pipes, queues, last_progress, op_timeout)
     elapsed = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
     drain(fe, pipes, op_timeout)
-    stats = RunStats(sum(p.completed for p in pipes), elapsed)
+    stats = RunStats(sum(p.completed for p in pipes), elapsed, cpu)
     for p in pipes:
         stats.latencies_ns += p.latencies
     return stats
@@ -225,7 +231,7 @@ def _nap(
     fe: Frontend, pipes: Sequence[Pipeline], queues: list[Queue], since: float, op_timeout: float
 ) -> None:
     # Ask for a call once a quarter of the queue is back: big batches, the device stays busy.
-    if any(p.ring.arm(max(1, min(p.inflight, max(1, p.depth // 4)))) for p in pipes):
+    if any(p.ring.arm(max(1, min(p.inflight, p.depth // WAKE_DIV))) for p in pipes):
         return
     wait_any(queues, 0.01)
     if time.monotonic() - since > op_timeout:

@@ -50,6 +50,37 @@ def test_descriptor_loop_is_answered_and_queue_survives(
         fe.close()
 
 
+@pytest.mark.parametrize("shape", ["writable-first", "lying-in-len", "chain-past-queue-size"])
+def test_lenient_shapes_are_answered_by_the_reference(
+    reference_virtiofsd: Callable[..., Daemon], tree: Path, shape: str
+) -> None:
+    fe, fs, rq, _ = _start(reference_virtiofsd, tree)
+    try:
+        out = rq.buffer(120)
+        if shape == "writable-first":
+            a, b = rq.descs(2)
+            rq.set(a, out, 120, F_WRITE | F_NEXT, b)
+            rq.set(b, rq.buffer(GETATTR), len(GETATTR))
+        elif shape == "lying-in-len":  # in_header.len claims 4000 bytes, 56 are there
+            lie = fa.IN_HEADER.pack(4000, fa.Op.GETATTR, 7, 1, 0, 0, 0, 0, 0) + fa.getattr_in()
+            a, b = rq.descs(2)
+            rq.set(a, rq.buffer(lie), len(lie), F_NEXT, b)
+            rq.set(b, out, 120, F_WRITE)
+        else:  # every free descriptor chained in a cycle: longer than the queue
+            ds = rq.descs(len(rq.ring.free) - 4)
+            a = ds[0]
+            rq.set(a, rq.buffer(GETATTR), len(GETATTR), F_NEXT, ds[1])
+            for k in range(1, len(ds)):
+                rq.set(ds[k], out + (k - 1) % 120, 1, F_WRITE | F_NEXT, ds[(k + 1) % len(ds)])
+        rq.submit(a)
+        seen = rq.observe(a, out, timeout=2.0)
+        assert seen.outcome is Outcome.REPLIED and seen.used_len == 120, seen
+        assert fa.out_header(fe.mem.read(out, 16)).unique == 7
+        assert rq.probe(fs) and fe.alive()
+    finally:
+        fe.close()
+
+
 @pytest.mark.parametrize("seccomp", ["kill", "none"])
 def test_out_of_range_head_kills_or_breaks_the_reference(
     reference_virtiofsd: Callable[..., Daemon], tree: Path, seccomp: str

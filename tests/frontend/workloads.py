@@ -34,11 +34,13 @@ class Result:
     p99_us: float
     queue_depth: int
     queues: int
+    driver_cpu_us_per_op: float  # the Python driver's CPU per request (not the back-end's)
 
     def line(self) -> str:
         return (
             f"{self.workload}: {self.ops_per_s:,.0f} ops/s, {self.mb_per_s:,.1f} MB/s, "
-            f"p50 {self.p50_us:.0f} us, p99 {self.p99_us:.0f} us "
+            f"p50 {self.p50_us:.0f} us, p99 {self.p99_us:.0f} us, "
+            f"driver {self.driver_cpu_us_per_op:.2f} us CPU/op "
             f"({self.ops} ops in {self.seconds:.2f}s, depth {self.queue_depth} x "
             f"{self.queues} queue(s))"
         )
@@ -338,4 +340,5 @@ def run_workload(
         p99_us=lat[min(len(lat) - 1, len(lat) * 99 // 100)] / 1000 if lat else 0.0,
         queue_depth=depth,
         queues=nq,
+        driver_cpu_us_per_op=stats.cpu_seconds / ops * 1e6 if ops else 0.0,
     )
