@@ -1,1 +1,37 @@
-"""The FUSE protocol (sans-I/O) and the file systems served over it."""
+"""The FUSE protocol (sans-I/O) and the file systems served over it.
+
+``Server(fs).handle(request_bytes, max_reply) -> reply_bytes | None`` is the whole
+protocol surface; ``FileSystem`` is what a file system implements (``ImageFS`` for a
+bootstrap + chunk source, ``PassthroughFS`` for a host directory).
+"""
+
+from .filesystem import (
+    Attr,
+    CachePolicy,
+    Context,
+    DirEntry,
+    Entry,
+    FileSystem,
+    SetAttr,
+    StatFs,
+    Timeouts,
+)
+from .imagefs import ChunkSource, ImageFS
+from .passthroughfs import PassthroughFS
+from .server import Server
+
+__all__ = [
+    "Attr",
+    "CachePolicy",
+    "ChunkSource",
+    "Context",
+    "DirEntry",
+    "Entry",
+    "FileSystem",
+    "ImageFS",
+    "PassthroughFS",
+    "Server",
+    "SetAttr",
+    "StatFs",
+    "Timeouts",
+]
