@@ -10,7 +10,6 @@ check the inode's type first.
 
 from __future__ import annotations
 
-import itertools
 import mmap
 import os
 import stat
@@ -25,7 +24,7 @@ import blake3
 
 from ..errors import ImageError, LocalError
 from . import layout as L
-from . import merkle, model
+from . import model, verify
 
 _S_IFMT = 0o170000
 _S_IFDIR = stat.S_IFDIR
@@ -34,8 +33,6 @@ _MODE = struct.Struct("<I")
 _DIR_RANGE = struct.Struct("<QI")  # data_start, data_count at inode offset 48
 _DIR_HEAD = struct.Struct("<I44xQI")  # mode, data_start, data_count
 _DIRENT = struct.Struct("<QQIH")  # name key, name_off, ino, name_len
-_DIGEST = struct.Struct("<32s")
-_KEY = struct.Struct("<Q")
 _BE_KEY = struct.Struct(">Q").unpack_from
 _PAD = bytes(L.NAME_KEY_LEN)
 
@@ -476,86 +473,12 @@ class Bootstrap:
 
     def verify(self) -> None:
         """Check every section against its digest in the (already checked) header. O(size)."""
-        for sec in self.sections.values():
-            view = memoryview(self._buf)
-            try:
-                got = blake3.blake3(view[sec.offset : sec.offset + sec.size]).digest()
-            finally:
-                view.release()
-            if got != sec.digest:
-                raise self._bad(f"section kind {sec.kind} digest mismatch")
+        verify.sections(self)
 
     def verify_merkle(self) -> None:
-        """Recompute every inode's digest from its record and its children's stored digests,
-        and check the root against the superblock. Also checks the invariants lookups and
-        reads rely on (sorted unique entry names, aligned in-range chunk lists)."""
-        for ino in range(1, self.inode_count + 1):
-            node = self.inode(ino)
-            if self._inode_digest(node) != node.digest:
-                raise self._bad(f"inode {ino} Merkle digest mismatch")
-        if self.inode(self.root_ino).digest != self.root_digest:
-            raise self._bad("root inode digest differs from the superblock's root digest")
-        if not self.inode(self.root_ino).is_dir:
-            raise self._bad("root inode is not a directory")
-
-    def _inode_digest(self, node: Inode) -> bytes:
-        xs = self.xattr_items(node.ino)
-        for (a, _), (b, _) in itertools.pairwise(xs):
-            if a >= b:
-                raise self._bad(f"inode {node.ino} xattr names unsorted")
-        meta = merkle.metadata(
-            node.mode,
-            node.uid,
-            node.gid,
-            node.nlink,
-            node.size,
-            node.rdev,
-            node.mtime_sec,
-            node.mtime_nsec,
-            xs,
-        )
-        fmt = node.file_type
-        if fmt not in L.FILE_TYPES:
-            raise self._bad(f"inode {node.ino} has unknown type in mode {node.mode:#o}")
-        if fmt == stat.S_IFREG:
-            return merkle.file_digest(node.mode, meta, self._checked_chunks(node))
-        if fmt == stat.S_IFDIR:
-            return merkle.dir_digest(node.mode, meta, self._checked_entries(node.ino))
-        if fmt == stat.S_IFLNK:
-            if node.size != node.data_count:
-                raise self._bad(f"symlink {node.ino} size differs from its target length")
-            return merkle.symlink_digest(node.mode, meta, self.readlink(node.ino))
-        return merkle.special_digest(node.mode, meta)
-
-    def _checked_chunks(self, node: Inode) -> list[tuple[int, int, bytes]]:
-        cs, prev, out = self.chunk_size, -1, []
-        for foff, cidx in self.file_chunks(node.ino):
-            info = self.chunk(cidx)
-            if foff <= prev or foff % cs or foff >= node.size:
-                raise self._bad(f"file {node.ino} chunk at {foff} misplaced")
-            if info.uncompressed_size != min(cs, node.size - foff):
-                raise self._bad(f"file {node.ino} chunk at {foff} has the wrong size")
-            out.append((foff, info.uncompressed_size, info.digest))
-            prev = foff
-        return out
-
-    def _checked_entries(self, ino: int) -> list[tuple[bytes, bytes]]:
-        out: list[tuple[bytes, bytes]] = []
-        prev = b""
-        first, count = self._dir_range(ino)
-        for i in range(first, first + count):
-            (key,) = _KEY.unpack_from(self._buf, self._de_off + i * self._de_rec)
-            name, cino, dtype = self._dirent(i)
-            if not name or name <= prev or name in (b".", b"..") or b"/" in name or b"\0" in name:
-                raise self._bad(f"directory {ino} has an invalid or unsorted entry {name!r}")
-            if key != L.name_key(name):
-                raise self._bad(f"directory {ino} entry {name!r} has a wrong name key")
-            base = self._inode_base(cino)
-            if _MODE.unpack_from(self._buf, base)[0] >> 12 != dtype:
-                raise self._bad(f"directory {ino} entry {name!r} has the wrong type")
-            out.append((name, _DIGEST.unpack_from(self._buf, base + L.INODE_DIGEST_OFFSET)[0]))
-            prev = name
-        return out
+        """Recompute every inode's digest and the root's; check the invariants lookups and
+        reads rely on. O(image). See format/verify.py."""
+        verify.merkle_tree(self)
 
     def to_image(self) -> model.Image:
         """Rebuild the model (hard links become one shared Node). O(image)."""
