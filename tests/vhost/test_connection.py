@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from tests.frontend import vhost_msg as vm
 from tests.frontend.frontend import Frontend, VhostNack
 from tests.frontend.vring import F_NEXT, F_WRITE, Buf
+from virtiofsd_nydus.errors import LocalError
+from virtiofsd_nydus.vhost import message as m
 from virtiofsd_nydus.vhost.connection import Connection, listen, serve
 from virtiofsd_nydus.vhost.device import VirtioDevice
 from virtiofsd_nydus.vhost.vring import Chain, Virtqueue
@@ -47,8 +51,16 @@ class Echo(VirtioDevice):
 
 
 class Server:
-    def __init__(self, path: Path, device: VirtioDevice, reconnect: bool = False) -> None:
-        self.listener = listen(str(path))
+    def __init__(
+        self,
+        path: Path | None,
+        device: VirtioDevice,
+        reconnect: bool = False,
+        use_uvloop: bool = False,
+        fd: int | None = None,
+    ) -> None:
+        self.listener = listen(str(path) if path else None, fd)
+        self.use_uvloop = use_uvloop
         self.device = device
         self.conns: list[Connection] = []
         self.done = threading.Event()
@@ -65,8 +77,10 @@ class Server:
                 self.device, self.listener, reconnect=reconnect, on_connection=self.conns.append
             )
 
+        loop = uvloop.new_event_loop() if self.use_uvloop else asyncio.new_event_loop()
         with contextlib.suppress(asyncio.CancelledError):
-            asyncio.run(main())
+            loop.run_until_complete(main())
+        loop.close()
         self.done.set()
 
     def stop(self) -> None:
@@ -81,10 +95,12 @@ def sock_path(tmp_path: Path) -> Path:
     return tmp_path / "vhost.sock"
 
 
-@pytest.fixture
-def echo(sock_path: Path) -> Iterator[tuple[Frontend, Echo, Server]]:
+@pytest.fixture(params=["asyncio", "uvloop"])
+def echo(
+    sock_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[Frontend, Echo, Server]]:
     dev = Echo()
-    server = Server(sock_path, dev)
+    server = Server(sock_path, dev, use_uvloop=request.param == "uvloop")
     fe = Frontend(str(sock_path), mem_size=8 << 20, queue_size=64)
     fe.start()
     yield fe, dev, server
@@ -181,4 +197,114 @@ def test_reconnect_mode_serves_the_next_front_end(sock_path: Path) -> None:
             assert roundtrip(fe, 1, b"xy") == b"yx"
     assert len(server.conns) == 2
     assert not server.done.is_set()
+    server.stop()
+
+
+def test_inherited_listening_fd(tmp_path: Path) -> None:
+    """Kata's Go runtime passes an already listening socket as --fd."""
+    lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lsock.bind(str(tmp_path / "kata.sock"))
+    lsock.listen(1)
+    server = Server(None, Echo(), fd=os.dup(lsock.fileno()))
+    lsock.close()
+    with Frontend(str(tmp_path / "kata.sock"), mem_size=8 << 20, queue_size=64) as fe:
+        assert roundtrip(fe, 1, b"kata") == b"atak"
+    server.stop()
+
+
+def test_a_fd_that_is_not_listening_is_refused() -> None:
+    a, b = socket.socketpair()
+    with pytest.raises(LocalError, match="not a listening unix socket"):
+        listen(fd=os.dup(a.fileno()))
+    a.close()
+    b.close()
+
+
+def test_memory_replaced_and_hot_added_while_rings_run(sock_path: Path) -> None:
+    server = Server(sock_path, Echo())
+    with Frontend(str(sock_path), mem_size=8 << 20, queue_size=64) as fe:
+        assert roundtrip(fe, 1, b"before") == b"erofeb"
+        region = fe.add_region(1 << 20)  # no ADD_MEM_REG wanted: a whole new SET_MEM_TABLE
+        q = fe.queues[1]
+        src = fe.mem.alloc(8, 64, region)
+        dst = fe.mem.alloc(8, 64, region)
+        fe.mem.write(src, b"hotplug!")
+        head = q.ring.add_chain([Buf(src, 8), Buf(dst, 8, True)])
+        q.submit([head])
+        assert q.wait_used(1)
+        assert q.ring.pop_used() == [(head, 8)]
+        q.ring.free_chain(head)
+        assert fe.mem.read(dst, 8) == b"!gulptoh"
+        assert roundtrip(fe, 1, b"after") == b"retfa"
+    server.stop()
+
+
+def test_region_removed_while_rings_run(sock_path: Path) -> None:
+    server = Server(sock_path, Echo())
+    with Frontend(str(sock_path), mem_size=8 << 20, queue_size=64, add_mem_reg=True) as fe:
+        region = fe.add_region(1 << 20)
+        fe.remove_region(region)
+        assert roundtrip(fe, 1, b"still") == b"llits"
+    server.stop()
+
+
+def test_without_event_idx(sock_path: Path) -> None:
+    server = Server(sock_path, Echo())
+    with Frontend(
+        str(sock_path), mem_size=8 << 20, queue_size=64, event_idx=False, indirect=False
+    ) as fe:
+        assert not fe.event_idx
+        for i in range(70):
+            assert roundtrip(fe, 1, bytes([i]) * 3) == bytes([i]) * 3
+    server.stop()
+
+
+def raw_connect(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(str(path))
+    sock.settimeout(10)
+    return sock
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        assert chunk, "back-end hung up"
+        data += chunk
+    return data
+
+
+def test_header_split_across_writes(sock_path: Path) -> None:
+    server = Server(sock_path, Echo())
+    sock = raw_connect(sock_path)
+    wire = m.encode(m.Request.GET_QUEUE_NUM)
+    sock.sendall(wire[:5])
+    sock.sendall(wire[5:])
+    assert recv_exact(sock, 20) == m.encode_reply(m.Request.GET_QUEUE_NUM, m.U64(2).pack())
+    sock.close()
+    server.stop()
+
+
+def test_oversized_payload_hangs_up(sock_path: Path) -> None:
+    server = Server(sock_path, Echo())
+    sock = raw_connect(sock_path)
+    sock.sendall(m.Header(m.Request.SET_FEATURES, m.VERSION, 1 << 20).pack())
+    assert sock.recv(1) == b""  # closed, no reply
+    sock.close()
+    assert server.done.wait(10)
+    server.stop()
+
+
+def test_fds_of_failed_messages_are_closed(sock_path: Path) -> None:
+    server = Server(sock_path, Echo())
+    sock = raw_connect(sock_path)
+    r, w = os.pipe()
+    socket.send_fds(sock, [m.encode(99, b"", m.VERSION)], [w])
+    os.close(w)
+    sock.sendall(m.encode(m.Request.GET_QUEUE_NUM))
+    recv_exact(sock, 20)  # by now the unknown request was handled
+    assert os.read(r, 1) == b""  # EOF: the back-end's copy of the write end is closed
+    os.close(r)
+    sock.close()
     server.stop()
