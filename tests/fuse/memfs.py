@@ -37,7 +37,10 @@ class MemNode:
 
 
 class MemFS(FileSystem):
-    def __init__(self, want: int = 0, policy: CachePolicy = CachePolicy.ALWAYS) -> None:
+    def __init__(
+        self, want: int = 0, policy: CachePolicy = CachePolicy.ALWAYS, negative: bool = False
+    ) -> None:
+        self.negative = negative
         self.nodes: dict[int, MemNode] = {1: MemNode(stat.S_IFDIR | 0o755)}
         self.lookups: Counter[int] = Counter()
         self.want = want
@@ -84,6 +87,8 @@ class MemFS(FileSystem):
             raise fs_error(errno.ENOTDIR)
         ino = p.children.get(name)
         if ino is None:
+            if self.negative:
+                return Entry.negative(self.policy.timeouts)
             raise fs_error(errno.ENOENT)
         return self._entry(ino)
 

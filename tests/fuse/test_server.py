@@ -11,7 +11,7 @@ import pytest
 from virtiofsd_nydus.errors import BackendError, ImageError
 from virtiofsd_nydus.fuse import abi
 from virtiofsd_nydus.fuse.abi import Opcode
-from virtiofsd_nydus.fuse.filesystem import CachePolicy, FileSystem
+from virtiofsd_nydus.fuse.filesystem import FileSystem
 from virtiofsd_nydus.fuse.server import DEFAULT_WANT, Server
 
 from .memfs import MemFS, sample
@@ -283,7 +283,7 @@ def test_lookup_errors() -> None:
 
 def test_negative_lookup_is_cached_when_the_fs_says_so() -> None:
     fs, _ = sample()
-    fs.negative_timeouts = CachePolicy.ALWAYS.timeouts
+    fs.negative = True
     srv, _ = started(fs)
     e = entry_out(lookup(srv, 1, b"nope").payload)
     assert e[ENTRY_NODEID] == 0 and e[2] == 86400

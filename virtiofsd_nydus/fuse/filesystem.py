@@ -56,6 +56,9 @@ class Attr(NamedTuple):
     flags: int = 0
 
 
+ZERO_ATTR = Attr(*(0,) * 16)
+
+
 class Timeouts(NamedTuple):
     """How long the guest may cache a name (entry) and attributes, split for the wire."""
 
@@ -114,12 +117,21 @@ _TIMEOUTS = {
 
 
 class Entry(NamedTuple):
-    """What LOOKUP (and each READDIRPLUS record) tells the guest about a node."""
+    """What LOOKUP (and each READDIRPLUS record) tells the guest about a node.
+
+    ``ino`` 0 is a negative entry: LOOKUP's way to say "no such name, and you may cache
+    that for ``timeouts.entry``" (right for a file system that never changes). It is
+    not a lookup and is never forgotten.
+    """
 
     ino: int
     attr: Attr
     timeouts: Timeouts
     generation: int = 0
+
+    @classmethod
+    def negative(cls, timeouts: Timeouts) -> Entry:
+        return cls(0, ZERO_ATTR, timeouts)
 
 
 class DirEntry(NamedTuple):
@@ -150,10 +162,6 @@ def fs_error(code: int) -> OSError:
 
 class FileSystem:
     """Base class: override what the file system supports. See the module docstring."""
-
-    # When set, a LOOKUP that fails with ENOENT is answered with node id 0 and this entry
-    # timeout, so the guest caches the miss (right for a file system that never changes).
-    negative_timeouts: Timeouts | None = None
 
     # --- session -----------------------------------------------------------------------
     def init(self, capable: int) -> int:

@@ -97,7 +97,7 @@ class ImageFS(FileSystem):
         self.policy = policy
         self._timeouts = policy.timeouts
         # Names never appear in an image, so a miss can be cached as long as a hit.
-        self.negative_timeouts = self._timeouts if self._timeouts.entry_sec else None
+        self._negative = Entry.negative(self._timeouts) if self._timeouts.entry_sec else None
         if policy.keep_cache:
             self._open_flags = abi.FOPEN_KEEP_CACHE
         elif policy.direct_io:
@@ -143,7 +143,11 @@ class ImageFS(FileSystem):
         self._inode(parent)
         ino = self.bs.lookup(parent, name)
         if ino is None:
-            raise fs_error(errno.ENOENT if self._inode(parent).is_dir else errno.ENOTDIR)
+            if not self._inode(parent).is_dir:
+                raise fs_error(errno.ENOTDIR)
+            if self._negative is None:
+                raise fs_error(errno.ENOENT)
+            return self._negative
         return self._counted(ino)
 
     def forget(self, ino: int, nlookup: int) -> None:

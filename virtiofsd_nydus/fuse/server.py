@@ -305,18 +305,7 @@ class Server:
 
     # --- read-side ops ----------------------------------------------------------------------
     def _lookup(self, req: Request) -> bytes:
-        name = _name(req.body)
-        try:
-            e = self.fs.lookup(req.nodeid, name)
-        except FileNotFoundError:
-            neg = self.fs.negative_timeouts
-            if neg is None:
-                raise
-            # nodeid 0: the guest caches "no such name" for entry_valid (libfuse does the same).
-            return self._ok(
-                req, abi.ENTRY_OUT.pack(0, 0, neg.entry_sec, 0, neg.entry_nsec, 0, *_ZERO_ATTR)
-            )
-        return self._entry(req, e)
+        return self._entry(req, self.fs.lookup(req.nodeid, _name(req.body)))
 
     def _forget(self, req: Request) -> None:
         if len(req.body) >= abi.FORGET_IN.size:
