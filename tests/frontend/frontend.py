@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -58,8 +59,6 @@ class Queue:
 
     def wait_used(self, want: int = 1, timeout: float = 5.0) -> bool:
         """Wait until WANT used entries are pending; False on timeout."""
-        import time
-
         deadline = time.monotonic() + timeout
         while not self.ring.arm(want):
             left = deadline - time.monotonic()

@@ -49,6 +49,7 @@ class Pipeline:
         *,
         in_room: int = 0,
         expect_len: int | None = None,
+        min_len: int = fa.OUT_HEADER.size,
         prepare: Prepare | None = None,
         indirect: bool = False,
     ) -> None:
@@ -83,6 +84,7 @@ class Pipeline:
             hdr[2] = 2 * s + 2
             fa.IN_HEADER.pack_into(self.in_view, s * self.in_stride, *hdr)
         self.expect_len = expect_len
+        self.min_len = min_len  # for variable replies: shorter ones are errors
         self.prepare = prepare
         self.sent_ns = [0] * depth
         self.latencies: list[int] = []
@@ -131,7 +133,7 @@ class Pipeline:
                     self._explain(slots)
         else:
             for part in lens:
-                if min(part.tolist()) < fa.OUT_HEADER.size:
+                if min(part.tolist()) < self.min_len:
                     self._explain(slots)
         now = time.perf_counter_ns()
         sent = self.sent_ns
@@ -156,6 +158,8 @@ class Pipeline:
                 raise fa.FuseError(-err, "pipelined request")
             if self.expect_len is not None and length != self.expect_len:
                 raise PipelineError(f"reply of {length} bytes, expected {self.expect_len}")
+            if length < self.min_len:
+                raise PipelineError(f"reply of {length} bytes, expected >= {self.min_len}")
         raise PipelineError("used length disagrees with the expected reply length")
 
     def release(self) -> None:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.frontend import fuse_abi as fa
 from tests.frontend.__main__ import main
+from tests.frontend.client import FuseClient
+from tests.frontend.conftest import FrontendFactory
+from tests.frontend.pipeline import Pipeline, run
 from tests.frontend.workloads import WORKLOADS, run_workload
 from tests.vm.process import Daemon
 
@@ -78,3 +83,15 @@ def test_cli_reports_a_missing_socket(tmp_path: Path, capsys: pytest.CaptureFixt
         == 1
     )
     assert "error:" in capsys.readouterr().err
+
+
+def test_pipeline_raises_on_error_replies(frontend_on: FrontendFactory) -> None:
+    fe, _ = frontend_on()
+    fs = FuseClient(fe)
+    fs.init()
+    node = fs.lookup(fa.ROOT_ID, b"big.bin").nodeid
+    bad_fh = fa.request(fa.Op.READ, 0, node, fa.read_in(0xDEAD, 0, 4096))
+    pipe = Pipeline(fe, 1, 8, bad_fh, 4096, expect_len=16 + 4096)
+    with pytest.raises(OSError) as e:
+        run(fe, [pipe], seconds=1.0)
+    assert e.value.errno == errno.EBADF

@@ -264,7 +264,8 @@ def _readdirplus_pipes(
     sess.after += [forget_counts, release]
     tmpl = fa.request(fa.Op.READDIRPLUS, 0, node, fa.read_in(fh, 0, io))
     return [
-        Pipeline(sess.fe, q, depth, tmpl, io, prepare=prepare, indirect=indirect)
+        # Every page holds entries: a bare out_header (an error or an empty page) is wrong.
+        Pipeline(sess.fe, q, depth, tmpl, io, min_len=17, prepare=prepare, indirect=indirect)
         for q in range(1, queues + 1)
     ]
 
