@@ -27,7 +27,8 @@ def reference_virtiofsd(short_tmp: Path) -> Iterator[ReferenceFactory]:
     """Factory: reference_virtiofsd(shared_dir, readonly=True, extra_args=()) -> Daemon.
 
     Starts Debian 13's virtiofsd on a fresh socket, returns once it waits for a front-end
-    (daemon.socket_path), and kills it at teardown.
+    (daemon.socket_path), and kills it at teardown. virtiofsd serves one front-end connection
+    and exits when it closes: start one daemon per guest.
     """
     with contextlib.ExitStack() as stack:
         count = 0

@@ -27,6 +27,8 @@ _EXIT = "VNYDUS-EXIT="
 _BEGIN = "VNYDUS-BEGIN"
 _SETUP_FAILED = "VNYDUS-SETUP-FAILED:"
 _CONSOLE_TAIL = 40
+# after the exit marker the guest only powers off; if QEMU lingers, stop it ourselves
+_POWEROFF_GRACE = 10.0
 
 
 class GuestRunError(RuntimeError):
@@ -129,6 +131,10 @@ def _boot(argv: list[str], console: Path, output: Path, qlog: Path, timeout: flo
                     begin_at = now
                 if exit_at is None and _EXIT in text:
                     exit_at = now
+            if exit_at is not None and now - exit_at > _POWEROFF_GRACE:
+                proc.kill()
+                proc.wait()
+                break
             if now - start > timeout:
                 proc.kill()
                 proc.wait()
@@ -142,9 +148,9 @@ def _boot(argv: list[str], console: Path, output: Path, qlog: Path, timeout: flo
             proc.wait()
     end = time.monotonic()
     text, out = _read(console), _read(output)
-    for line in text.splitlines():
-        if line.startswith(_SETUP_FAILED):
-            raise GuestSetupFailed(f"guest set-up failed: {line}", text, _read(qlog))
+    if _SETUP_FAILED in text:
+        why = text[text.index(_SETUP_FAILED) :].splitlines()[0]
+        raise GuestSetupFailed(f"guest set-up failed: {why}", text, _read(qlog))
     status = _exit_status(out)
     if status is None:
         raise GuestRunError(

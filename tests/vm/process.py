@@ -78,19 +78,21 @@ def running_daemon(
 
 
 def stop(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-    """SIGTERM the process group, SIGKILL it if it lingers, and reap it."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    # virtiofsd forks nothing with --sandbox=none, but a group kill catches helpers anyway
+    """SIGTERM the process group, SIGKILL it if it lingers, then reap the leader.
+
+    The group is only signalled while its leader is unreaped, so its id cannot have been
+    reused by someone else's processes.
+    """
+    if proc.poll() is not None:
+        return
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def _tail(text: str, lines: int = 20) -> str:

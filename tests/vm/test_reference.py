@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.vm.guest import GuestTimeout, run_guest
+from tests.vm.guest import GuestSetupFailed, GuestTimeout, run_guest
 from tests.vm.reference import ReferenceFactory
 from tests.vm.rootfs import debian_rootfs
 
@@ -82,3 +82,14 @@ def test_debian_rootfs_over_virtiofs(reference_virtiofsd: ReferenceFactory) -> N
     result = run_guest(daemon.socket_path, script, rootfs=True)
     assert result.status == 0, result.console
     assert result.output == "(3, 11) Linux\n"
+
+
+def test_setup_failure_is_reported_with_the_console(
+    reference_virtiofsd: ReferenceFactory, tmp_path: Path
+) -> None:
+    # an empty share cannot be a root file system: /init must say so and power off
+    daemon = reference_virtiofsd(tmp_path, readonly=True)
+    with pytest.raises(GuestSetupFailed) as caught:
+        run_guest(daemon.socket_path, "echo never", rootfs=True)
+    assert "VNYDUS-SETUP-FAILED: no /run in the root file system" in str(caught.value)
+    assert "Run /init as init process" in caught.value.console
