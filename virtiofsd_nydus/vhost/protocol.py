@@ -328,7 +328,8 @@ class BackendProtocol:
         assert isinstance(value, m.MemRegionMsg)
         want = value.region
         for region in self.regions:
-            if (region.gpa, region.size, region.uaddr) == (want.gpa, want.size, want.uaddr):
+            # Matched on the guest range only: QEMU sends mmap_offset 0 here.
+            if (region.gpa, region.size) == (want.gpa, want.size):
                 self.regions.remove(region)
                 out.actions.append(RemoveRegion(region))
                 out.unused_fds = list(fds)
