@@ -162,6 +162,12 @@ class Server:
         self.errors[slot] += 1
         return None if no_reply else _error(unique, code)
 
+    def reset(self) -> None:
+        """The transport went away (disconnect, device reset): end the session, if any."""
+        if self.initialized:
+            self.fs.destroy()
+            self.initialized = False
+
     def stats(self) -> dict[str, tuple[int, int]]:
         """{op name: (requests, error replies)} for ops seen at least once."""
         out: dict[str, tuple[int, int]] = {}

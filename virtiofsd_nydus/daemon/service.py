@@ -1,0 +1,144 @@
+"""Wire the pieces: image (bootstrap + blobs) -> storage -> image fs -> FUSE server ->
+virtio-fs device -> vhost-user connection, on a uvloop event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from ..errors import LocalError
+from ..format.reader import Bootstrap
+from ..fuse import CachePolicy, FileSystem, ImageFS, PassthroughFS, Server
+from ..storage import CacheDir, ChunkStore, LocalFsBackend
+from ..vhost import connection
+from .virtiofs import VirtioFsDevice
+
+log = structlog.get_logger(__name__)
+
+WAITING_LINE = "Waiting for vhost-user socket connection..."
+BOOTSTRAP_NAME = "image.boot"  # inside an image dir made by `vnydus convert`
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "virtiofsd-nydus" / "blobcache"
+
+
+@dataclass(frozen=True)
+class Options:
+    socket_path: str | None
+    fd: int | None
+    bootstrap: Path | None = None  # serve an image ...
+    blob_dir: Path | None = None
+    cache_dir: Path | None = None
+    shared_dir: Path | None = None  # ... or a host directory (virtiofsd's passthrough)
+    readonly: bool = False
+    xattr: bool = True
+    cache: CachePolicy = CachePolicy.ALWAYS
+    tag: str | None = None
+    num_request_queues: int = 1
+    thread_pool_size: int = 0
+    reconnect: bool = False
+
+
+def image_paths(image_dir: Path) -> tuple[Path, Path]:
+    """(bootstrap, blob dir) of an image directory made by ``vnydus convert``."""
+    boot = image_dir / BOOTSTRAP_NAME
+    if not image_dir.is_dir():
+        raise LocalError(f"--image {image_dir}: not a directory")
+    if not boot.is_file():
+        raise LocalError(f"--image {image_dir}: no {BOOTSTRAP_NAME} (not made by vnydus convert?)")
+    return boot, image_dir / "blobs" / "sha256"
+
+
+class Service:
+    """Everything one daemon serves; built before the socket is opened, so a bad image
+    fails before any front-end connects."""
+
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.bootstrap: Bootstrap | None = None
+        self.store: ChunkStore | None = None
+        self.cache: CacheDir | None = None
+        self.fs: FileSystem
+        if opts.bootstrap is not None:
+            self.fs = self._open_image(opts)
+        elif opts.shared_dir is not None:
+            if not opts.shared_dir.is_dir():
+                raise LocalError(f"--shared-dir {opts.shared_dir}: not a directory")
+            self.fs = PassthroughFS(
+                opts.shared_dir, policy=opts.cache, readonly=opts.readonly, xattr=opts.xattr
+            )
+        else:
+            raise LocalError("nothing to serve: give --image, --bootstrap or --shared-dir")
+        self.server = Server(self.fs)
+        self.device = VirtioFsDevice(
+            self.server,
+            num_request_queues=opts.num_request_queues,
+            tag=opts.tag,
+            thread_pool_size=opts.thread_pool_size,
+        )
+
+    def _open_image(self, opts: Options) -> FileSystem:
+        assert opts.bootstrap is not None
+        if opts.blob_dir is None or not opts.blob_dir.is_dir():
+            raise LocalError(f"blob directory {opts.blob_dir}: not a directory")
+        cache_dir = opts.cache_dir or default_cache_dir()
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LocalError(f"cache directory {cache_dir}: {exc.strerror}") from exc
+        self.bootstrap = Bootstrap.open(opts.bootstrap)
+        self.cache = CacheDir(cache_dir)
+        self.store = ChunkStore.from_bootstrap(
+            self.bootstrap, [LocalFsBackend(opts.blob_dir)], self.cache
+        )
+        return ImageFS(self.bootstrap, self.store, policy=opts.cache)
+
+    def listen(self) -> socket.socket:
+        return connection.listen(self.opts.socket_path, self.opts.fd)
+
+    async def run(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        if self.bootstrap is not None:
+            log.info(
+                "serving image",
+                bootstrap=str(self.opts.bootstrap),
+                inodes=self.bootstrap.inode_count,
+                root_digest=self.bootstrap.root_digest.hex(),
+                request_queues=self.opts.num_request_queues,
+            )
+        else:
+            log.info(
+                "serving directory",
+                shared_dir=str(self.opts.shared_dir),
+                readonly=self.opts.readonly,
+            )
+        print(WAITING_LINE, file=sys.stderr, flush=True)
+        try:
+            await connection.serve(self.device, listener, reconnect=self.opts.reconnect)
+        except asyncio.CancelledError:
+            log.info("stopping on signal")
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    def close(self) -> None:
+        self.device.close()
+        if self.store is not None:
+            self.store.close()
+        if self.cache is not None:
+            self.cache.close()
+        if self.bootstrap is not None:
+            self.bootstrap.close()

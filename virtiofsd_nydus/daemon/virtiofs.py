@@ -1,0 +1,95 @@
+"""The virtio-fs device: FUSE requests from virtqueues to a FUSE server, replies back.
+
+Queue 0 is hiprio (FORGET, BATCH_FORGET: no reply, used length 0); queues 1..N carry
+requests. With a thread pool, requests run on its workers (a cache miss may block on a
+backend) and complete on the event loop, since a queue is not thread-safe; without one
+they run inline on the loop, as virtiofsd's default single worker does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import struct
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import structlog
+
+from ..fuse.server import Server
+from ..vhost.device import VirtioDevice
+from ..vhost.vring import Chain, Virtqueue
+
+log = structlog.get_logger(__name__)
+
+VIRTIO_ID_FS = 26
+HIPRIO_QUEUE = 0
+TAG_SIZE = 36
+
+
+def config_space(tag: str, num_request_queues: int) -> bytes:
+    """struct virtio_fs_config: u8 tag[36] (not NUL-terminated when full), le32 queues."""
+    raw = tag.encode()
+    if not raw or len(raw) > TAG_SIZE:
+        raise ValueError(f"tag must be 1..{TAG_SIZE} bytes")
+    return raw.ljust(TAG_SIZE, b"\0") + struct.pack("<I", num_request_queues)
+
+
+def _complete(queue: Virtqueue, chain: Chain, fut: asyncio.Future[int]) -> None:
+    try:
+        written = fut.result()
+    except Exception:  # _serve never raises on purpose: a bug; answer nothing, log it
+        log.exception("virtio-fs request failed")
+        written = 0
+    queue.complete(chain, written)
+
+
+class VirtioFsDevice(VirtioDevice):
+    def __init__(
+        self,
+        server: Server,
+        *,
+        num_request_queues: int = 1,
+        tag: str | None = None,
+        thread_pool_size: int = 0,
+    ) -> None:
+        if not 1 <= num_request_queues <= 64:
+            raise ValueError("num_request_queues must be 1..64")
+        self.server = server
+        self.num_queues = 1 + num_request_queues
+        self.max_queue_size = 1024
+        self._config = config_space(tag, num_request_queues) if tag else None
+        self._pool = (
+            ThreadPoolExecutor(thread_pool_size, thread_name_prefix="fuse")
+            if thread_pool_size > 0
+            else None
+        )
+
+    def config(self) -> bytes | None:
+        return self._config
+
+    def handle(self, queue: Virtqueue, chains: Sequence[Chain]) -> None:
+        if self._pool is None:
+            for chain in chains:
+                queue.complete(chain, self._serve(chain))
+            return
+        loop = asyncio.get_running_loop()
+        for chain in chains:
+            fut = loop.run_in_executor(self._pool, self._serve, chain)
+            fut.add_done_callback(functools.partial(_complete, queue, chain))
+
+    def _serve(self, chain: Chain) -> int:
+        """Answer one chain; the number of reply bytes written into it."""
+        reply = self.server.handle(chain.read(), chain.write_len)
+        if reply is None:
+            return 0
+        return chain.write(reply)
+
+    def reset(self) -> None:
+        # A new connection or a device reset means a new guest session: the next INIT
+        # resets the FUSE session anyway, but forget lookup counts and handles now.
+        self.server.reset()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
