@@ -308,3 +308,25 @@ def test_fds_of_failed_messages_are_closed(sock_path: Path) -> None:
     os.close(r)
     sock.close()
     server.stop()
+
+
+class Faulty(Echo):
+    """Answers the first chain of each batch, then raises."""
+
+    def handle(self, queue: Virtqueue, chains: Sequence[Chain]) -> None:
+        self._answer(queue, chains[0])
+        raise RuntimeError("device bug")
+
+
+def test_device_exception_completes_the_rest(sock_path: Path) -> None:
+    server = Server(sock_path, Faulty())
+    with Frontend(str(sock_path), mem_size=8 << 20, queue_size=64) as fe:
+        assert roundtrip(fe, 1, b"ab") == b"ba"
+        q = fe.queues[1]
+        src, dst = fe.mem.alloc(4), fe.mem.alloc(4)
+        heads = [q.ring.add_chain([Buf(src, 4), Buf(dst, 4, True)]) for _ in range(3)]
+        q.submit(heads)
+        assert q.wait_used(3)
+        assert sorted(q.ring.pop_used()) == sorted([(heads[0], 4), (heads[1], 0), (heads[2], 0)])
+        assert fe.stop_queue(1) == 4  # nothing left in flight
+    server.stop()

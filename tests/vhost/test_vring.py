@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from virtiofsd_nydus._native import ffi, lib
-from virtiofsd_nydus.errors import GuestError
+from virtiofsd_nydus.errors import GuestError, LocalError
 from virtiofsd_nydus.vhost.memory import GuestMemory
 from virtiofsd_nydus.vhost.message import MemoryRegion
 from virtiofsd_nydus.vhost.vring import Virtqueue
@@ -465,3 +465,15 @@ def test_memory_table_rejects_overlap_and_bad_regions() -> None:
     finally:
         os.close(fd)
         mem.close()
+
+
+def test_complete_twice_and_overlong_used_len(mem: GuestMemory) -> None:
+    drv, vq = start(mem)
+    drv.set_desc(0, BUF, 16, WRITE)
+    drv.publish(0)
+    [chain] = vq.pop()
+    vq.complete(chain, 1 << 20)
+    assert drv.used_elem(0) == (0, 16)  # clamped to the writable length
+    with pytest.raises(LocalError, match="twice"):
+        vq.complete(chain, 0)
+    assert vq.outstanding == 0

@@ -256,7 +256,11 @@ class Connection:
                 try:
                     self.device.handle(q, chains)
                 except Exception:
+                    # A device bug must not leave chains in flight (GET_VRING_BASE waits).
                     log.exception("vhost-user: device failed on queue %d", index)
+                    for chain in chains:
+                        if not chain.done:
+                            q.complete(chain, 0)
                 continue
             if q.broken is not None:
                 if (index, q.epoch) not in self._reported:

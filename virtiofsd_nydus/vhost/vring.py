@@ -38,7 +38,7 @@ class _Batch:
 class Chain:
     """One popped descriptor chain: a readable byte stream, then a writable one."""
 
-    __slots__ = ("_batch", "_epoch", "_queue", "cdata", "head", "read_len", "write_len")
+    __slots__ = ("_batch", "_epoch", "_queue", "cdata", "done", "head", "read_len", "write_len")
 
     def __init__(self, queue: Virtqueue, batch: _Batch, index: int) -> None:
         self._queue = queue
@@ -48,6 +48,7 @@ class Chain:
         self.head: int = self.cdata.head
         self.read_len: int = self.cdata.read_len
         self.write_len: int = self.cdata.write_len
+        self.done = False
 
     def read(self, offset: int = 0, size: int = -1) -> bytes:
         """Copy ``size`` bytes (default: the rest) of the readable stream from ``offset``."""
@@ -174,8 +175,13 @@ class Virtqueue:
 
     def complete(self, chain: Chain, written: int) -> None:
         """Return ``chain`` to the guest with ``written`` bytes of reply."""
+        if chain.done:
+            raise LocalError(f"queue {self.index}: chain {chain.head} completed twice")
+        chain.done = True
         batch = chain._batch
         if chain._epoch == self.epoch and self.running:
+            # The guest may trust the used length: never claim more than it gave us.
+            written = min(max(written, 0), chain.write_len)
             rc = lib.vn_vq_push(self.cdata, chain.head, written)
             if rc < 0:
                 raise LocalError(f"queue {self.index}: push: {strerror(rc)}")
