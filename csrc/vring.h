@@ -4,6 +4,23 @@
  * descriptor addresses and lengths, chain lengths, indirect tables, avail indices. A bad
  * chain marks the queue broken with a reason code; nothing here aborts or writes outside
  * the buffers the guest handed us. Little-endian hosts only (virtio 1.x rings are LE).
+ *
+ * A C fast path serves a whole kick without returning to Python:
+ *
+ *     do {
+ *         while ((n = vn_vq_pop(vq, chains, 64, iovs, cap)) > 0) {
+ *             for (i = 0; i < n; i++) {            // answer each chain
+ *                 vn_chain_read(&chains[i], 0, req, sizeof req);
+ *                 lens[i] = reply_into(&chains[i]);   // vn_chain_write / _preadv
+ *                 heads[i] = chains[i].head;
+ *             }
+ *             vn_vq_push_many(vq, heads, lens, n);
+ *         }
+ *     } while (n == 0 && vn_vq_enable_notify(vq));
+ *     if (vn_vq_need_notify(vq)) write(call_fd, &one, 8);
+ *
+ * Chains are independent of the ring once popped; a chain may be pushed much later, from
+ * any order, as long as one thread at a time touches a given vq.
  */
 #ifndef VN_VRING_H
 #define VN_VRING_H
