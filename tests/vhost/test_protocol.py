@@ -340,3 +340,16 @@ def test_fuzz_never_raises(request: int, flags: int, payload: bytes, nfds: int) 
     if out.deferred:
         proto.ring_stopped(out.actions[0].index, 0)  # type: ignore[union-attr]
     assert reply_of(send(proto, R.GET_QUEUE_NUM)) == u64_reply(R.GET_QUEUE_NUM, 2)
+
+
+def test_several_request_queues() -> None:
+    class Many(Dev):
+        num_queues = 9  # virtio-fs: hiprio + 8 request queues
+
+    proto = p.BackendProtocol(Many())
+    send(proto, R.SET_PROTOCOL_FEATURES, m.U64(PROTO).pack())
+    assert reply_of(send(proto, R.GET_QUEUE_NUM)) == u64_reply(R.GET_QUEUE_NUM, 9)
+    assert send(proto, R.SET_VRING_NUM, m.VringState(8, 128).pack()).error is None
+    assert "out of range" in (send(proto, R.SET_VRING_NUM, m.VringState(9, 128).pack()).error or "")
+    send(proto, R.SET_FEATURES, m.U64(FEATURES & ~m.Feature.PROTOCOL_FEATURES).pack())
+    assert all(proto.ring_enabled(i) for i in range(9))
