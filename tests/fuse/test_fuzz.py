@@ -14,6 +14,7 @@ from virtiofsd_nydus.fuse import abi
 from virtiofsd_nydus.fuse.abi import Opcode
 from virtiofsd_nydus.fuse.imagefs import ImageFS
 from virtiofsd_nydus.fuse.passthroughfs import PassthroughFS
+from virtiofsd_nydus.fuse.pseudofs import PseudoFS
 from virtiofsd_nydus.fuse.server import Server
 
 from .images import Built, File, Link, build
@@ -78,7 +79,10 @@ def passthrough(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Passthroug
 
 def _servers(image: Built, passthrough: PassthroughFS) -> list[Server]:
     out = []
-    for fs in (sample()[0], ImageFS(image.bootstrap, image.source), passthrough):
+    pseudo = PseudoFS()
+    pseudo.mount("/containers", passthrough)
+    pseudo.mount("/rafs/c/lowerdir", ImageFS(image.bootstrap, image.source))
+    for fs in (sample()[0], ImageFS(image.bootstrap, image.source), passthrough, pseudo):
         srv = Server(fs)
         srv.handle(request(Opcode.INIT, init_body(38, KERNEL_FLAGS, KERNEL_FLAGS2)), BIG)
         out.append(srv)
@@ -97,7 +101,11 @@ def test_random_bytes(
 
 
 _ops = st.one_of(st.sampled_from(list(Opcode)), st.integers(0, 70))
-_small = st.one_of(st.integers(0, 8), st.integers(0, 2**64 - 1))
+_small = st.one_of(
+    st.integers(0, 8),
+    st.integers(0, 2**64 - 1),
+    st.sampled_from([1 << 56 | 1, 1 << 56 | 2, 2 << 56 | 1, 2 << 56 | 3]),
+)
 
 
 @settings(

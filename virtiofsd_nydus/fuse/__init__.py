@@ -2,7 +2,8 @@
 
 ``Server(fs).handle(request_bytes, max_reply) -> reply_bytes | None`` is the whole
 protocol surface; ``FileSystem`` is what a file system implements (``ImageFS`` for a
-bootstrap + chunk source, ``PassthroughFS`` for a host directory).
+bootstrap + chunk source, ``PassthroughFS`` for a host directory, ``PseudoFS`` to
+mount several of them at sub-paths of one export).
 """
 
 from .filesystem import (
@@ -18,6 +19,7 @@ from .filesystem import (
 )
 from .imagefs import ChunkSource, ImageFS
 from .passthroughfs import PassthroughFS
+from .pseudofs import PseudoFS
 from .server import Server
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "FileSystem",
     "ImageFS",
     "PassthroughFS",
+    "PseudoFS",
     "Server",
     "SetAttr",
     "StatFs",
