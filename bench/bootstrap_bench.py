@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import stat
 import subprocess
 import sys
@@ -113,6 +114,10 @@ def synthetic(files: int) -> Image:
     return Image(root=root, blobs=[blob], chunk_size=1 << 20)
 
 
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _us(name: str, wall_cpu: list[float], note: str) -> tuple[str, str, str]:
     wall, cpu = wall_cpu
     return name, f"{wall:.1f} us", f"median wall; {cpu:.1f} us median CPU. {note}"
@@ -129,11 +134,13 @@ def main() -> None:
         t = time.perf_counter()
         image = synthetic(args.files)
         rows.append(("build model", f"{time.perf_counter() - t:.1f} s", f"{args.files:,} files"))
+        model_rss = _peak_mb()
         t, c = time.perf_counter(), time.process_time()
         write_bootstrap_file(image, path)
         wall, cpu = time.perf_counter() - t, time.process_time() - c
         rows.append(("write bootstrap", f"{wall:.1f} s", f"{cpu:.1f} s CPU; target tens of s"))
         rows.append(("bootstrap size", f"{path.stat().st_size / 2**20:.1f} MiB", ""))
+        rows.append(("writer peak RSS", f"{_peak_mb():.0f} MB", f"model alone: {model_rss:.0f} MB"))
         del image
         out = subprocess.run(
             [sys.executable, "-c", _PROBE, str(path), DEEP.decode()],
