@@ -143,6 +143,16 @@ def test_destroy_ends_the_session() -> None:
     started(fs)
 
 
+def test_reset_from_outside_ends_the_session() -> None:
+    srv, fs = started()
+    lookup(srv, 1, b"hello")
+    srv.reset()
+    assert fs.destroys == 1 and not fs.lookups and not srv.initialized
+    assert lookup(srv, 1, b"hello").error == errno.EIO
+    srv.reset()  # idempotent
+    assert fs.destroys == 1
+
+
 def test_server_rejects_silly_max_pages() -> None:
     with pytest.raises(ValueError):
         Server(MemFS(), max_pages=0)
