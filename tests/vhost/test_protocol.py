@@ -353,3 +353,70 @@ def test_several_request_queues() -> None:
     assert "out of range" in (send(proto, R.SET_VRING_NUM, m.VringState(9, 128).pack()).error or "")
     send(proto, R.SET_FEATURES, m.U64(FEATURES & ~m.Feature.PROTOCOL_FEATURES).pack())
     assert all(proto.ring_enabled(i) for i in range(9))
+
+
+def test_recorded_qemu_7_2_trace() -> None:
+    """The order QEMU 7.2.22 really sent (vhost-user-fs-pci, 2 queues): call and err fds
+    before SET_FEATURES, NEED_REPLY only on ADD_MEM_REG, call fds swapped while running."""
+    proto = p.BackendProtocol(Dev())
+    fd = iter(range(100, 200))
+    v = m.VERSION
+    trace: list[tuple[int, bytes, int, int]] = [  # request, payload, flags, fds
+        (R.GET_FEATURES, b"", v, 0),
+        (R.GET_PROTOCOL_FEATURES, b"", v, 0),
+        (R.SET_PROTOCOL_FEATURES, m.U64(PROTO).pack(), v, 0),
+        (R.GET_QUEUE_NUM, b"", v, 0),
+        (R.GET_MAX_MEM_SLOTS, b"", v, 0),
+        (R.SET_OWNER, b"", v, 0),
+        (R.GET_FEATURES, b"", v, 0),
+        (R.SET_VRING_CALL, m.U64(0).pack(), v, 1),
+        (R.SET_VRING_ERR, m.U64(0).pack(), v, 1),
+        (R.SET_VRING_CALL, m.U64(1).pack(), v, 1),
+        (R.SET_VRING_ERR, m.U64(1).pack(), v, 1),
+        (R.SET_VRING_CALL, m.U64(0).pack(), v, 1),
+        (R.SET_VRING_CALL, m.U64(1).pack(), v, 1),
+        (R.SET_FEATURES, m.U64(FEATURES).pack(), v, 0),
+        (R.ADD_MEM_REG, m.MemRegionMsg(REGION).pack(), NEED, 1),
+    ]
+    for i in (0, 1):
+        base = 0x10000 * (i + 1)
+        trace += [
+            (R.SET_VRING_NUM, m.VringState(i, 1024).pack(), v, 0),
+            (R.SET_VRING_BASE, m.VringState(i, 0).pack(), v, 0),
+            (
+                R.SET_VRING_ADDR,
+                m.VringAddr(
+                    i, 0, UADDR + base, UADDR + base + 0x8000, UADDR + base + 0x4000, 0
+                ).pack(),
+                v,
+                0,
+            ),
+            (R.SET_VRING_KICK, m.U64(i).pack(), v, 1),
+        ]
+    trace += [(R.SET_VRING_ENABLE, m.VringState(i, 1).pack(), v, 0) for i in (0, 1)]
+    trace += [(R.SET_VRING_CALL, m.U64(i).pack(), v, 1) for i in (0, 1)]
+    trace += [(R.SET_VRING_ENABLE, m.VringState(i, 0).pack(), v, 0) for i in (0, 1)]
+    replies = []
+    kinds = []
+    for request, payload, flags, nfds in trace:
+        out = send(proto, request, payload, flags, [next(fd) for _ in range(nfds)])
+        assert out.error is None, out.error
+        assert not out.unused_fds
+        replies.append(reply_of(out))
+        kinds += [type(a).__name__ for a in out.actions]
+    sent = [r for r in replies if r is not None]
+    assert sent == [
+        u64_reply(R.GET_FEATURES, FEATURES),
+        u64_reply(R.GET_PROTOCOL_FEATURES, PROTO),
+        u64_reply(R.GET_QUEUE_NUM, 2),
+        u64_reply(R.GET_MAX_MEM_SLOTS, 509),
+        u64_reply(R.GET_FEATURES, FEATURES),
+        m.encode_reply(R.ADD_MEM_REG, ACK_OK),
+    ]
+    assert kinds.count("StartRing") == 2 and kinds.count("SetCall") == 6
+    for i in (0, 1):
+        out = send(proto, R.GET_VRING_BASE, m.VringState(i, 0).pack())
+        assert out.actions == [p.StopRing(i)]
+        assert proto.ring_stopped(i, 9 + i) == m.encode_reply(
+            R.GET_VRING_BASE, m.VringState(i, 9 + i).pack()
+        )

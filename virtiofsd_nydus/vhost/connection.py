@@ -106,6 +106,14 @@ class Connection:
         self._dispatch(header, payload, fds)
 
     def _dispatch(self, header: m.Header, payload: bytes, fds: list[int]) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "vhost-user: %s flags %#x, %d bytes, %d fds",
+                m.request_name(header.request),
+                header.flags,
+                header.size,
+                len(fds),
+            )
         out = self.protocol.handle(header, payload, fds)
         _close_all(out.unused_fds)
         if out.error:
