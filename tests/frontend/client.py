@@ -225,7 +225,7 @@ class FuseClient:
         return bytes(self.call(fa.Op.READ, nodeid, fa.read_in(fh, offset, size), size))
 
     def release(self, nodeid: int, fh: int) -> None:
-        self.call(fa.Op.RELEASE, nodeid, fa.release_in(fh), 0 + 16)
+        self.call(fa.Op.RELEASE, nodeid, fa.release_in(fh), 16)
 
     def flush_fh(self, nodeid: int, fh: int) -> None:
         self.call(fa.Op.FLUSH, nodeid, fa.flush_in(fh), 16)

@@ -40,6 +40,12 @@ class Queue:
         self._poll = select.poll()
         self._poll.register(self.call_fd, select.POLLIN)
 
+    def set_call_fd(self, fd: int) -> None:
+        self._poll.unregister(self.call_fd)
+        os.close(self.call_fd)
+        self.call_fd = fd
+        self._poll.register(fd, select.POLLIN)
+
     def kick(self) -> None:
         os.eventfd_write(self.kick_fd, 1)
 
@@ -259,6 +265,13 @@ class Frontend:
         )
         self.send(vm.Req.SET_VRING_KICK, vm.u64(q.index), [q.kick_fd])
         self.send(vm.Req.SET_VRING_CALL, vm.u64(q.index), [q.call_fd])
+
+    def replace_call(self, index: int) -> None:
+        """A new call eventfd, as QEMU does when it masks/unmasks a guest interrupt."""
+        q = self.queues[index]
+        fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.send(vm.Req.SET_VRING_CALL, vm.u64(index), [fd])
+        q.set_call_fd(fd)
 
     def enable_queue(self, index: int, on: bool) -> None:
         if self.neg.features & vm.F_PROTOCOL_FEATURES:

@@ -116,6 +116,16 @@ def test_ring_restart_resumes_at_base(fs: FuseClient) -> None:
     assert fs.fe.stop_queue(1) == base + 1
 
 
+def test_replaced_call_fd_gets_the_notifications(fs: FuseClient) -> None:
+    fs.fe.replace_call(1)
+    q = fs.fe.queues[1]
+    u = fs.submit(fa.Op.GETATTR, fa.ROOT_ID, fa.getattr_in(), 104)
+    q.ring.arm(1)
+    fs.flush()
+    assert q.wait_call(5.0)  # signalled on the new eventfd
+    assert fs.wait([u])[0].payload()
+
+
 @pytest.mark.parametrize(
     "opts,client_opts",
     [
