@@ -477,3 +477,17 @@ def test_complete_twice_and_overlong_used_len(mem: GuestMemory) -> None:
     with pytest.raises(LocalError, match="twice"):
         vq.complete(chain, 0)
     assert vq.outstanding == 0
+
+
+def test_translate_splits_at_region_edges(mem: GuestMemory) -> None:
+    mem.view(MIB - 2, 2)[:] = b"ab"
+    mem.view(MIB, 3)[:] = b"cde"
+    parts = mem.translate(MIB - 2, 5)
+    assert [bytes(p) for p in parts] == [b"ab", b"cde"]
+    parts[1][0] = ord("C")
+    assert bytes(mem.view(MIB, 1)) == b"C"
+    assert mem.translate(0, 0) == []
+    with pytest.raises(GuestError, match="outside guest memory"):
+        mem.translate(2 * MIB - 1, 2)
+    with pytest.raises(GuestError, match="wraps"):
+        mem.translate((1 << 64) - 1, 2)

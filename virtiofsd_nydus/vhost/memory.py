@@ -20,6 +20,11 @@ from .message import MemoryRegion
 MAX_REGIONS: int = lib.VN_MAX_REGIONS
 
 
+def strerror(reason: int) -> str:
+    """The text of a C core reason code (``enum vn_vq_error``)."""
+    return str(ffi.string(lib.vn_vq_strerror(reason)).decode())
+
+
 @dataclass(frozen=True)
 class _Mapping:
     region: MemoryRegion
@@ -79,6 +84,15 @@ class GuestMemory:
     def uva_to_gpa(self, uva: int, size: int) -> int | None:
         out = ffi.new("uint64_t *")
         return int(out[0]) if lib.vn_mem_uva_to_gpa(self.table, uva, size, out) == 0 else None
+
+    def translate(self, gpa: int, size: int) -> list[memoryview]:
+        """Guest range [gpa, gpa+size) as writable memoryviews, split at region edges."""
+        cap = max(len(self._mapped), 1)
+        iov = ffi.new("struct vn_iov[]", cap)
+        n = lib.vn_mem_translate(self.table, gpa, size, iov, cap)
+        if n < 0:
+            raise GuestError(f"guest range {gpa:#x}+{size:#x}: {strerror(n)}")
+        return [memoryview(ffi.buffer(iov[i].base, iov[i].len)) for i in range(n)]
 
     def view(self, gpa: int, size: int) -> memoryview:
         """Guest memory [gpa, gpa+size) inside one region, as a writable memoryview."""

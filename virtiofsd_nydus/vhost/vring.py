@@ -15,14 +15,10 @@ from typing import Any
 
 from .._native import ffi, lib
 from ..errors import GuestError, LocalError
-from .memory import GuestMemory
+from .memory import GuestMemory, strerror
 
 _alloc = ffi.new_allocator(should_clear_after_alloc=False)
 _ONE = (1).to_bytes(8, "little")
-
-
-def strerror(reason: int) -> str:
-    return str(ffi.string(lib.vn_vq_strerror(reason)).decode())
 
 
 class _Batch:
