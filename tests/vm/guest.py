@@ -85,7 +85,8 @@ def run_guest(
         console, output, qlog = work / "console", work / "output", work / "qemu.log"
         # the uncompressed kernel boots seconds faster under TCG (no decompressor)
         image = kernel / "vmlinux" if (kernel / "vmlinux").exists() else kernel / "vmlinuz"
-        append = ["console=ttyS0", "panic=-1", "oops=panic", "mitigations=off"]
+        # cryptomgr.notests: the crypto self-tests cost 1-3 s of emulated CPU per boot
+        append = ["console=ttyS0", "panic=-1", "oops=panic", "mitigations=off", "cryptomgr.notests"]
         if socket_path is not None:
             append.append(f"vnydus.tag={tag}")
             if rootfs:
