@@ -123,10 +123,23 @@ def test_round_trip(image: Image) -> None:
     assert write_bootstrap(again) == data  # the writer is a fixpoint: deterministic
     for path, ino in bs.walk():
         assert bs.resolve(path) == ino
+        node = bs.inode(ino)
+        if node.is_reg:
+            check_covering(bs, ino, image.chunk_size)
         if path != b"/":
             parent, _, name = path.rpartition(b"/")
             assert bs.lookup(bs.resolve(parent or b"/") or 0, name) == ino
             assert bs.lookup(bs.resolve(parent or b"/") or 0, name + b"\x01") is None
+
+
+def check_covering(bs: Bootstrap, ino: int, cs: int) -> None:
+    size = bs.inode(ino).size
+    chunks = [(off, bs.chunk(i).uncompressed_size, i) for off, i in bs.file_chunks(ino)]
+    for off in {0, 1, cs - 1, cs, cs + 1, size // 2, max(size - 1, 0), size, size + 5}:
+        for length in (1, 2, cs, 3 * cs + 1, size + 10):
+            want = [(o, i) for o, n, i in chunks if o < off + length and o + n > off]
+            assert bs.chunks_covering(ino, off, length) == want, (off, length)
+    assert bs.chunks_covering(ino, 0, 0) == []
 
 
 def exercise(bs: Bootstrap) -> None:

@@ -34,6 +34,9 @@ _MODE = struct.Struct("<I")
 _DIR_RANGE = struct.Struct("<QI")  # data_start, data_count at inode offset 48
 _DIR_HEAD = struct.Struct("<I44xQI")  # mode, data_start, data_count
 _DIRENT = struct.Struct("<QQIH")  # name key, name_off, ino, name_len
+_FILE_OFFSET = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
+_USIZE_AT = 52  # uncompressed_size in a chunk record
 _BE_KEY = struct.Struct(">Q").unpack_from
 _PAD = bytes(L.NAME_KEY_LEN)
 
@@ -126,26 +129,7 @@ class FileChunks(Sequence[tuple[int, int]]):
     def covering(self, offset: int, length: int) -> list[tuple[int, int]]:
         """The chunks overlapping [offset, offset+length), by binary search. Holes (and
         bytes past the end of the file) have no chunk: they read as zeros."""
-        if length <= 0 or self._count == 0:
-            return []
-        cs = self._bs.chunk_size
-        first = offset - offset % cs  # the only chunk that may start before `offset`
-        lo, hi = 0, self._count
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if self[mid][0] < first:
-                lo = mid + 1
-            else:
-                hi = mid
-        end = offset + length
-        out = []
-        while lo < self._count:
-            fc = self[lo]
-            if fc[0] >= end:
-                break
-            out.append(fc)
-            lo += 1
-        return out
+        return self._bs._covering(self._ino, self._start, self._count, offset, length)
 
 
 class Bootstrap:
@@ -213,7 +197,7 @@ class Bootstrap:
         except OSError as e:
             raise ImageError(f"cannot map bootstrap {path}: {e.strerror or e}") from e
         try:
-            return cls(mm, os.fspath(path) if isinstance(path, str) else str(path))
+            return cls(mm, os.fspath(path))
         except BaseException:
             mm.close()
             raise
@@ -407,8 +391,42 @@ class Bootstrap:
         return FileChunks(self, ino, node.data_start, node.data_count)
 
     def chunks_covering(self, ino: int, offset: int, length: int) -> list[tuple[int, int]]:
-        """(file_offset, chunk_index) of the chunks overlapping [offset, offset+length)."""
-        return self.file_chunks(ino).covering(offset, length)
+        """(file_offset, chunk_index) of the chunks overlapping [offset, offset+length);
+        holes have none. O(log chunks + chunks returned), no per-chunk objects."""
+        mode, start, count = _DIR_HEAD.unpack_from(self._buf, self._inode_base(ino))
+        if mode & _S_IFMT != stat.S_IFREG:
+            raise LocalError(f"inode {ino} is not a regular file")
+        if start + count > self._fc_count:
+            raise self._bad(f"file {ino} chunks {start}+{count} out of range")
+        return self._covering(ino, start, count, offset, length)
+
+    def _covering(
+        self, ino: int, start: int, count: int, offset: int, length: int
+    ) -> list[tuple[int, int]]:
+        if length <= 0 or count == 0:
+            return []
+        buf, base, rec, unpack = self._buf, self._fc_off, self._fc_rec, _FILE_OFFSET.unpack_from
+        first = offset - offset % self.chunk_size  # only a chunk starting here may reach in
+        lo, hi = start, start + count
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if unpack(buf, base + mid * rec)[0] < first:
+                lo = mid + 1
+            else:
+                hi = mid
+        end, out, n_chunks = offset + length, [], self.chunk_count
+        for i in range(lo, start + count):
+            foff, cidx = L.FILE_CHUNK.unpack_from(buf, base + i * rec)
+            if foff >= end:
+                break
+            if cidx >= n_chunks:
+                raise self._bad(f"inode {ino} refers to chunk {cidx} of {n_chunks}")
+            if foff < offset:  # a short last chunk may end before offset
+                at = self._c_off + cidx * self._c_rec + _USIZE_AT
+                if foff + _U32.unpack_from(buf, at)[0] <= offset:
+                    continue
+            out.append((foff, cidx))
+        return out
 
     def chunk(self, index: int) -> ChunkInfo:
         if not 0 <= index < self.chunk_count:
