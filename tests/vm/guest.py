@@ -7,6 +7,12 @@ The guest is a Debian 12 kernel with a busybox initramfs (initramfs.py); with ro
 the share is the guest's root file system (e.g. debian_rootfs() served by a back-end) and
 the script runs with its userland. In the script, $VNYDUS_SHARE is where the share is
 mounted (the working directory) and $VNYDUS_FILES holds the `files` passed to run_guest.
+
+More back-ends (e.g. Kata's layout: an image plus a shared directory) attach through
+extra_qemu_args, and the script mounts them itself (the virtio-fs modules are loaded):
+    extra_qemu_args=["-chardev", f"socket,id=c1,path={sock2}",
+                     "-device", "vhost-user-fs-pci,queue-size=1024,chardev=c1,tag=two"]
+    script="mkdir -p /two && mount -t virtiofs two /two && ls /two"
 """
 
 from __future__ import annotations
