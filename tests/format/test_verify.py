@@ -52,6 +52,12 @@ def test_merkle_catches_inode_changes(data: bytes, path: bytes, field: int) -> N
         bs.verify_merkle()
 
 
+def test_merkle_checks_directory_parents(data: bytes) -> None:
+    pos = inode_at(Bootstrap.from_bytes(data), b"/etc") + 44  # parent, used for ".."
+    with pytest.raises(ImageError, match="another parent"):
+        Bootstrap.from_bytes(reseal(flip(data, pos))).verify_merkle()
+
+
 def test_merkle_catches_content_changes(data: bytes) -> None:
     bs = Bootstrap.from_bytes(data)
     chunks = bs.sections[L.Kind.CHUNKS].offset

@@ -3,9 +3,10 @@
 ``merkle_tree`` recomputes each inode's digest from its own record and its children's
 *stored* digests, in any order; if every inode matches and the root matches the superblock,
 the whole tree is consistent by induction (a cycle would need a hash fixed point). On the way
-it checks what lookups and reads rely on and only check lazily: entry names valid, sorted and
-unique with the right name keys and dtypes, chunk lists increasing, aligned, correctly sized,
-every chunk's blob in range. Hot loops unpack records directly: this runs over every inode.
+it checks what lookups and reads rely on and only check lazily: entry names valid, sorted
+and unique, name keys and dtypes right, subdirectories' parent fields pointing back, chunk
+lists increasing, aligned and correctly sized, every chunk's blob in range. Hot loops unpack
+records directly: this runs over every inode.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ _S_IFMT = 0o170000
 _SLASH, _NUL = 0x2F, 0  # `int in bytes` is a memchr; `bytes in bytes` is far slower
 _CHUNK_DATA = struct.Struct("<32s20xI")  # digest, uncompressed_size (offset 52)
 _CHUNK_CHECK = struct.Struct("<48xIII")  # compressed_size, uncompressed_size, blob_index
-_MODE_AT_DIGEST = struct.Struct("<I68x32s")  # an inode's mode and digest
+_CHILD = struct.Struct("<I40xI24x32s")  # an inode's mode, parent and digest
 _BAD_NAMES = (b"", b".", b"..")
 
 
@@ -133,7 +134,7 @@ def _entries(bs: Bootstrap, ino: int, start: int, count: int) -> list[tuple[byte
     if start + count > bs.dirent_count:
         raise bs._bad(f"directory {ino} entries {start}+{count} out of range")
     buf, de_off, de_rec, unpack = bs._buf, bs._de_off, bs._de_rec, L.DIRENT.unpack_from
-    inode_at, n_inodes = _MODE_AT_DIGEST.unpack_from, bs.inode_count
+    inode_at, n_inodes = _CHILD.unpack_from, bs.inode_count
     ino_off, ino_rec = bs._ino_off, bs._ino_rec
     out: list[tuple[bytes, bytes]] = []
     prev = b""
@@ -146,9 +147,11 @@ def _entries(bs: Bootstrap, ino: int, start: int, count: int) -> list[tuple[byte
             raise bs._bad(f"directory {ino} entry {name!r} has a wrong name key")
         if not 0 < cino <= n_inodes:
             raise bs._bad(f"directory {ino} entry {name!r} names inode {cino}")
-        mode, digest = inode_at(buf, ino_off + (cino - 1) * ino_rec)
+        mode, parent, digest = inode_at(buf, ino_off + (cino - 1) * ino_rec)
         if mode >> 12 != dtype:
             raise bs._bad(f"directory {ino} entry {name!r} has the wrong type")
+        if mode & _S_IFMT == stat.S_IFDIR and parent != ino:  # ".." must lead back here
+            raise bs._bad(f"directory {ino} entry {name!r} names another parent")
         out.append((name, digest))
         prev = name
     return out
