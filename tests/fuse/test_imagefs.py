@@ -6,6 +6,7 @@ import errno
 import logging
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from virtiofsd_nydus.fuse.abi import Opcode
 from virtiofsd_nydus.fuse.filesystem import CachePolicy
 from virtiofsd_nydus.fuse.imagefs import ImageFS, encode_rdev
 from virtiofsd_nydus.fuse.server import Server
+from virtiofsd_nydus.storage import CacheDir, ChunkStore, LocalFsBackend
 
 from .images import CS, Built, Dev, File, Link, build
 from .session import Session as _Session
@@ -382,3 +384,29 @@ def test_bad_chunk_sources_give_eio(image: Built, source: object) -> None:
     assert ino is not None
     r = parse(srv.handle(request(Opcode.READ, read_in(0, 0, 4096), nodeid=ino), BIG))
     assert r.error == errno.EIO
+
+
+@pytest.fixture(scope="module")
+def store(image: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChunkStore]:
+    cs = ChunkStore.from_bootstrap(
+        image.bootstrap,
+        [LocalFsBackend(image.blob_path.parent)],
+        CacheDir(tmp_path_factory.mktemp("cache")),
+    )
+    yield cs
+    cs.close()
+
+
+def test_over_the_real_chunk_store(image: Built, store: ChunkStore) -> None:
+    s = ImageSession(ImageFS(image.bootstrap, store))
+    for name, data in EXPECTED.items():
+        ino = s.lookup(name)
+        assert s.read(ino, 0, 1 << 20).payload == data
+        for off, size in ((1, 10), (CS - 3, 7), (2 * CS - 1, CS + 2), (max(len(data) - 1, 0), 5)):
+            assert s.read(ino, off, size).payload == data[off : off + size], (name, off, size)
+    # After the first pass every chunk is cached: small reads come straight from the cache
+    # file (cache_location), never through read_chunk again.
+    fetched = store.metrics.hits
+    ino = s.lookup(b"big")
+    assert s.read(ino, 5, 100).payload == BIG_DATA[5:105]
+    assert store.metrics.hits == fetched

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterator
 from typing import Protocol
 
-from ..errors import BackendError, ImageError
+from ..errors import ImageError, VnydusError
 from ..format.reader import Bootstrap, Inode
 from . import abi
 from .filesystem import (
@@ -45,6 +45,16 @@ class ChunkSource(Protocol):
     """
 
     def read_chunk(self, chunk_index: int) -> bytes: ...
+
+
+class CachedChunkSource(ChunkSource, Protocol):
+    """A source that can also say where a chunk's verified bytes sit in a cache file, so
+    a small read copies only what it needs (as the C fast path does) instead of the whole
+    chunk. The storage layer's ``ChunkStore`` is one; ImageFS uses this when present."""
+
+    def cache_location(self, chunk_index: int) -> tuple[int, int, int] | None:
+        """(fd, offset, size) of the verified bytes, or None if not cached yet."""
+        ...
 
 
 _U64 = (1 << 64) - 1
@@ -94,6 +104,7 @@ class ImageFS(FileSystem):
     ) -> None:
         self.bs = bootstrap
         self.chunks = chunks
+        self._locate = getattr(chunks, "cache_location", None)
         self.policy = policy
         self._timeouts = policy.timeouts
         # Names never appear in an image, so a miss can be cached as long as a hit.
@@ -203,31 +214,33 @@ class ImageFS(FileSystem):
         end = min(offset + size, node.size)
         if offset >= end:
             return b""
+        cs = self.bs.chunk_size
         out: bytearray | None = None
-        view = memoryview(b"")
         for foff, index in self.bs.chunks_covering(ino, offset, end - offset):
-            data = self._chunk(ino, index, foff, end)
             lo = max(foff, offset)
-            hi = min(foff + len(data), end)
+            hi = min(foff + cs, end)
+            part = self._chunk_part(ino, index, lo - foff, hi - lo)
             if lo == offset and hi == end:
-                return data[lo - foff : hi - foff]  # one chunk holds it all: no assembly
+                return part  # one chunk holds the whole range: no assembly
             if out is None:
                 out = bytearray(end - offset)  # holes stay zero
-                view = memoryview(out)
-            view[lo - offset : hi - offset] = memoryview(data)[lo - foff : hi - foff]
-        if out is None:
-            return bytes(end - offset)  # all hole
-        return out
+            out[lo - offset : hi - offset] = part
+        return out if out is not None else bytes(end - offset)
 
-    def _chunk(self, ino: int, index: int, foff: int, end: int) -> bytes:
+    def _chunk_part(self, ino: int, index: int, start: int, length: int) -> bytes:
+        """Bytes [start, start+length) of chunk ``index``'s verified data, or EIO."""
         try:
-            data = self.chunks.read_chunk(index)
-        except (ImageError, BackendError) as e:
+            loc = self._locate(index) if self._locate is not None else None
+            if loc is not None:
+                fd, off, size = loc
+                data = os.pread(fd, min(length, size - start), off + start)
+            else:
+                data = self.chunks.read_chunk(index)[start : start + length]
+        except (VnydusError, OSError) as e:
             self._log_chunk_error(ino, index, str(e))
             raise fs_error(errno.EIO) from e
-        # The chunk must reach the end of the read or the end of its slot, whichever is first.
-        if len(data) < min(end, foff + self.bs.chunk_size) - foff:
-            self._log_chunk_error(ino, index, f"chunk source returned {len(data)} bytes")
+        if len(data) != length:
+            self._log_chunk_error(ino, index, f"{len(data)} bytes where {length} were due")
             raise fs_error(errno.EIO)
         return data
 
