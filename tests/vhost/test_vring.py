@@ -491,3 +491,18 @@ def test_translate_splits_at_region_edges(mem: GuestMemory) -> None:
         mem.translate(2 * MIB - 1, 2)
     with pytest.raises(GuestError, match="wraps"):
         mem.translate((1 << 64) - 1, 2)
+
+
+def test_complete_many(mem: GuestMemory) -> None:
+    drv, vq = start(mem, event_idx=True)
+    for i in range(4):
+        drv.set_desc(i, BUF + 16 * i, 16, WRITE)
+    drv.publish(0, 1, 2, 3)
+    chains = vq.pop()
+    vq.complete_many([(c, c.head + 1) for c in chains[1:]])
+    assert drv.used_idx() == 3
+    assert [drv.used_elem(i) for i in range(3)] == [(1, 2), (2, 3), (3, 4)]
+    vq.complete_many([(chains[0], 99)])  # one chain: the plain path, clamped
+    assert drv.used_elem(3) == (0, 16) and vq.outstanding == 0 and vq.inflight == 0
+    with pytest.raises(LocalError, match="twice"):
+        vq.complete_many([(chains[0], 1), (chains[1], 1)])

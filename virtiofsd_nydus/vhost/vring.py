@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._native import ffi, lib
@@ -185,6 +185,35 @@ class Virtqueue:
         self.outstanding -= 1
         if batch.outstanding == 0 and batch.iov_cap == self._iov_cap:
             self._free.append(batch)
+        if self.on_complete is not None:
+            self.on_complete(self)
+        else:
+            self.notify()
+
+    def complete_many(self, done: Sequence[tuple[Chain, int]]) -> None:
+        """Complete several chains with one used-index update (one barrier)."""
+        live = [(c, w) for c, w in done if c._epoch == self.epoch and self.running]
+        if len(live) != len(done) or len(live) < 2:
+            for chain, written in done:
+                self.complete(chain, written)
+            return
+        heads = _alloc("uint16_t[]", len(live))
+        lens = _alloc("uint32_t[]", len(live))
+        for i, (chain, written) in enumerate(live):
+            if chain.done:
+                raise LocalError(f"queue {self.index}: chain {chain.head} completed twice")
+            heads[i] = chain.head
+            lens[i] = min(max(written, 0), chain.write_len)
+        rc = lib.vn_vq_push_many(self.cdata, heads, lens, len(live))
+        if rc < 0:
+            raise LocalError(f"queue {self.index}: push: {strerror(rc)}")
+        for chain, _ in live:
+            chain.done = True
+            batch = chain._batch
+            batch.outstanding -= 1
+            if batch.outstanding == 0 and batch.iov_cap == self._iov_cap:
+                self._free.append(batch)
+        self.outstanding -= len(live)
         if self.on_complete is not None:
             self.on_complete(self)
         else:
