@@ -132,7 +132,9 @@ def test_newer_minor_version_is_readable(data: bytes) -> None:
             rec += 8
         pieces.append((sec.kind, rec, body[: rec * sec.count] if rec > 1 else body, sec.count))
     pieces.append((99, 8, b"future!!", 1))
-    new_data = bytearray(_assemble(pieces, old.chunk_size, old.root_digest, [BLOB, RAW_BLOB]))
+    new_data = bytearray(
+        b"".join(_assemble(pieces, old.chunk_size, old.root_digest, [BLOB, RAW_BLOB]))
+    )
     new_data[10:12] = struct.pack("<H", 7)  # version 1.7
     new = Bootstrap.from_bytes(reseal(bytes(new_data)))
     new.verify()

@@ -12,6 +12,7 @@ import os
 import stat
 import struct
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import blake3
@@ -32,17 +33,18 @@ _SLASH, _NUL = 0x2F, 0  # `int in bytes` is a memchr; `bytes in bytes` is far sl
 
 def write_bootstrap(image: Image) -> bytes:
     """Return the bootstrap bytes for ``image``."""
-    return _Builder(image).build()
+    return b"".join(_Builder(image).build())
 
 
 def write_bootstrap_file(image: Image, path: str | os.PathLike[str]) -> None:
     """Write the bootstrap for ``image`` to ``path`` atomically (temp file + rename)."""
-    data = write_bootstrap(image)
+    parts = _Builder(image).build()
     target = Path(path)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for part in parts:
+                f.write(part)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -86,7 +88,6 @@ class _Builder:
         self.nlink: list[int] = []
         self.ino_of: dict[int, int] = {}  # id(node) -> ino
         self.dirents = bytearray()
-        self.dir_entries: dict[int, list[tuple[bytes, int]]] = {}  # dir ino -> (name, ino)
         self.dir_ranges: dict[int, tuple[int, int]] = {}  # dir ino -> (first dirent, count)
         self.chunk_index: dict[bytes, int] = {}  # packed chunk record -> its index
         self.chunks = bytearray()
@@ -94,7 +95,6 @@ class _Builder:
         self.file_chunks = bytearray()
         self.xattrs = bytearray()
         self.metas: dict[int, bytes] = {}  # dir ino -> merkle.metadata()
-        self.digests: list[bytes] = []
         self.inodes = bytearray()
 
     def _path(self, ino: int) -> bytes:
@@ -133,7 +133,6 @@ class _Builder:
             ino = i
             children = node.children or {}
             start = len(dirents) // L.DIRENT.size
-            entries: list[tuple[bytes, int]] = []
             subdirs = 0
             for name in sorted(children):
                 if (
@@ -170,19 +169,16 @@ class _Builder:
                 dirents += pack(
                     name_key(name), add_string(name), cino, len(name), (cmode >> 12) & 0xF
                 )
-                entries.append((name, cino))
             nlink[ino - 1] += 1 + subdirs  # its "." and its subdirectories' ".."
-            self.dir_entries[ino] = entries
-            self.dir_ranges[ino] = (start, len(entries))
+            self.dir_ranges[ino] = (start, len(children))
 
     # -- per-inode content ----------------------------------------------------------------
     def _content(self) -> None:
         """Xattrs, chunk lists, symlink targets, metadata and non-directory digests."""
         add_string = self.strings.add
         xattr_pack, xattrs = L.XATTR.pack, self.xattrs
-        metas, digests, nlink = self.metas, self.digests, self.nlink
-        self.records: list[tuple[int, int, int, int, int, int, int]] = []
-        records = self.records
+        metas, nlink, parents = self.metas, self.nlink, self.parents
+        inodes, inode_pack = self.inodes, L.INODE.pack
         for i, node in enumerate(self.nodes):
             ino = i + 1
             mode = node.mode
@@ -234,8 +230,23 @@ class _Builder:
             else:
                 start = count = 0
                 digest = merkle.special_digest(mode, meta)
-            digests.append(digest)
-            records.append((size, sec, nsec, start, count, xstart, len(xs)))
+            inodes += inode_pack(
+                mode,
+                node.uid,
+                node.gid,
+                nlink[i],
+                size,
+                node.rdev,
+                sec,
+                nsec,
+                parents[i],
+                start,
+                count,
+                xstart,
+                len(xs),
+                0,
+                digest,
+            )
 
     def _file(self, node: Node, ino: int, meta: bytes) -> tuple[int, int, bytes]:
         size, cs = node.size, self.cs
@@ -303,37 +314,22 @@ class _Builder:
         return None
 
     def _dir_digests(self) -> None:
-        # Subdirectories always have larger inode numbers than their parent (breadth-first,
-        # no directory hard links), so one reverse pass sees every child before its parent.
-        digests = self.digests
-        for ino in sorted(self.dir_entries, reverse=True):
-            entries = [(name, digests[cino - 1]) for name, cino in self.dir_entries[ino]]
+        """Fill in directory digests, reading entries and child digests back from the packed
+        sections. Subdirectories always have larger inode numbers than their parent
+        (breadth-first, no directory hard links): one reverse pass sees children first."""
+        inodes, dirents, pool = self.inodes, self.dirents, self.strings.pool
+        rec, de_rec, at = L.INODE.size, L.DIRENT.size, L.INODE_DIGEST_OFFSET
+        unpack = L.DIRENT.unpack_from
+        for ino in sorted(self.dir_ranges, reverse=True):
+            start, count = self.dir_ranges[ino]
+            entries = []
+            for i in range(start, start + count):
+                _, noff, cino, nlen, _ = unpack(dirents, i * de_rec)
+                d = (cino - 1) * rec + at
+                entries.append((bytes(pool[noff : noff + nlen]), bytes(inodes[d : d + 32])))
             mode = self.nodes[ino - 1].mode
-            digests[ino - 1] = merkle.dir_digest(mode, self.metas[ino], entries)
-
-    def _pack_inodes(self) -> bytes:
-        out, pack = self.inodes, L.INODE.pack
-        nlink, parents, digests = self.nlink, self.parents, self.digests
-        for i, node in enumerate(self.nodes):
-            size, sec, nsec, start, count, xstart, xcount = self.records[i]
-            out += pack(
-                node.mode,
-                node.uid,
-                node.gid,
-                nlink[i],
-                size,
-                node.rdev,
-                sec,
-                nsec,
-                parents[i],
-                start,
-                count,
-                xstart,
-                xcount,
-                0,
-                digests[i],
-            )
-        return bytes(out)
+            d = (ino - 1) * rec + at
+            inodes[d : d + 32] = merkle.dir_digest(mode, self.metas[ino], entries)
 
     def _prefetch(self) -> bytes:
         out = bytearray()
@@ -360,7 +356,8 @@ class _Builder:
         return self.ino_of[id(node)]
 
     # -- assembly -------------------------------------------------------------------------
-    def build(self) -> bytes:
+    def build(self) -> list[bytes | bytearray]:
+        """The bootstrap as a list of parts to write out in order (no whole-file copy)."""
         self._number()
         self._content()
         self._dir_digests()
@@ -375,18 +372,23 @@ class _Builder:
             for b in self.blobs
         )
         prefetch = self._prefetch()
-        dirents, xattrs, fcs = bytes(self.dirents), bytes(self.xattrs), bytes(self.file_chunks)
-        sections: list[tuple[int, int, bytes, int]] = [
-            (L.Kind.INODES, L.INODE.size, self._pack_inodes(), len(self.nodes)),
-            (L.Kind.DIRENTS, L.DIRENT.size, dirents, len(dirents) // L.DIRENT.size),
-            (L.Kind.XATTRS, L.XATTR.size, xattrs, len(xattrs) // L.XATTR.size),
-            (L.Kind.FILE_CHUNKS, L.FILE_CHUNK.size, fcs, len(fcs) // L.FILE_CHUNK.size),
-            (L.Kind.CHUNKS, L.CHUNK.size, bytes(self.chunks), self.chunk_count),
+        sections: list[tuple[int, int, bytes | bytearray, int]] = [
+            (L.Kind.INODES, L.INODE.size, self.inodes, len(self.nodes)),
+            (L.Kind.DIRENTS, L.DIRENT.size, self.dirents, len(self.dirents) // L.DIRENT.size),
+            (L.Kind.XATTRS, L.XATTR.size, self.xattrs, len(self.xattrs) // L.XATTR.size),
+            (
+                L.Kind.FILE_CHUNKS,
+                L.FILE_CHUNK.size,
+                self.file_chunks,
+                len(self.file_chunks) // L.FILE_CHUNK.size,
+            ),
+            (L.Kind.CHUNKS, L.CHUNK.size, self.chunks, self.chunk_count),
             (L.Kind.BLOBS, L.BLOB.size, blobs, len(self.blobs)),
             (L.Kind.PREFETCH, L.PREFETCH.size, prefetch, len(prefetch) // L.PREFETCH.size),
-            (L.Kind.STRINGS, 1, bytes(self.strings.pool), len(self.strings.pool)),
+            (L.Kind.STRINGS, 1, self.strings.pool, len(self.strings.pool)),
         ]
-        return _assemble(sections, self.cs, self.digests[0], self.blobs)
+        root_digest = bytes(self.inodes[L.INODE_DIGEST_OFFSET : L.INODE_DIGEST_OFFSET + 32])
+        return _assemble(sections, self.cs, root_digest, self.blobs)
 
 
 def _check_xattr(name: bytes, value: bytes, path: bytes) -> None:
@@ -414,18 +416,24 @@ def _check_blob(i: int, blob: Blob) -> None:
 
 
 def _assemble(
-    sections: list[tuple[int, int, bytes, int]], chunk_size: int, root: bytes, blobs: list[Blob]
-) -> bytes:
+    sections: Sequence[tuple[int, int, bytes | bytearray, int]],
+    chunk_size: int,
+    root: bytes,
+    blobs: list[Blob],
+) -> list[bytes | bytearray]:
+    """Header + sections, each padded to ALIGN; returns the parts in file order."""
     header_size = L.SUPERBLOCK_SIZE + len(sections) * L.SECTION_SIZE
     offset = header_size
     table: list[bytes] = []
-    bodies: list[bytes] = []
+    bodies: list[bytes | bytearray] = []
     for kind, rec, body, count in sections:
-        padded = body + bytes(L.align(len(body)) - len(body))
-        digest = blake3.blake3(padded).digest()
-        table.append(L.Section(kind, rec, offset, len(padded), count, digest).pack())
-        bodies.append(padded)
-        offset += len(padded)
+        pad = bytes(L.align(len(body)) - len(body))
+        h = blake3.blake3(body, max_threads=blake3.blake3.AUTO)
+        h.update(pad)
+        size = len(body) + len(pad)
+        table.append(L.Section(kind, rec, offset, size, count, h.digest()).pack())
+        bodies += (body, pad)
+        offset += size
     mask = 0
     for b in blobs:
         mask |= 1 << b.compression
@@ -443,8 +451,7 @@ def _assemble(
         root_digest=root,
         header_digest=_ZERO_DIGEST,
     )
-    header = sb.pack() + b"".join(table)
-    hd = blake3.blake3(header).digest()
-    off = L.HEADER_DIGEST_OFFSET
-    header = header[:off] + hd + header[off + L.DIGEST_LEN :]
-    return b"".join([header, *bodies])
+    header = bytearray(sb.pack() + b"".join(table))
+    at = L.HEADER_DIGEST_OFFSET
+    header[at : at + L.DIGEST_LEN] = blake3.blake3(bytes(header)).digest()
+    return [bytes(header), *bodies]
