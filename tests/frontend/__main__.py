@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--io-size", type=int, help="READ/READDIRPLUS size in bytes")
     ap.add_argument("--no-event-idx", action="store_true")
     ap.add_argument("--indirect", action="store_true", help="indirect descriptor chains")
+    ap.add_argument("--poll", action="store_true", help="spin on the used ring (busy core)")
     ap.add_argument("--connect-timeout", type=float, default=10.0)
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     a = ap.parse_args(argv)
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             event_idx=not a.no_event_idx,
             indirect=a.indirect,
             connect_timeout=a.connect_timeout,
+            poll=a.poll,
         )
     except (OSError, ValueError, RuntimeError, BackendGone) as e:
         print(f"error: {e}", file=sys.stderr)

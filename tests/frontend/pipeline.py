@@ -193,8 +193,13 @@ def run(
     *,
     op_timeout: float = 5.0,
     max_ops: int | None = None,
+    poll: bool = False,
 ) -> RunStats:
-    """Keep every pipeline full for SECONDS (or MAX_OPS completions), then drain."""
+    """Keep every pipeline full for SECONDS (or MAX_OPS completions), then drain.
+
+    POLL spins on the used rings instead of sleeping on the call eventfds (and asks the
+    device not to signal): fewer syscalls on both sides, at the price of a busy core.
+    """
     cpu0 = time.process_time()
     for p in pipes:
         p.start()
@@ -221,7 +226,13 @@ def run(
             continue
         if time.perf_counter() >= deadline:
             break
-        _nap(fe, pipes, queues, last_progress, op_timeout)
+        if poll:
+            for p in pipes:
+                p.ring.set_used_event(p.ring.last_used - 1)  # passed: no more signals
+            if time.monotonic() - last_progress > op_timeout:
+                _nap(fe, pipes, queues, last_progress, op_timeout)
+        else:
+            _nap(fe, pipes, queues, last_progress, op_timeout)
     elapsed = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
     drain(fe, pipes, op_timeout)

@@ -38,7 +38,13 @@ def test_workload_runs(reference_virtiofsd: Callable[..., Daemon], tree: Path, n
 
 
 @pytest.mark.parametrize(
-    "opts", [{"indirect": True}, {"event_idx": False}, {"queue_size": 64, "queue_depth": 48}]
+    "opts",
+    [
+        {"indirect": True},
+        {"event_idx": False},
+        {"queue_size": 64, "queue_depth": 48},
+        {"poll": True},
+    ],
 )
 def test_pipeline_transport_variants(
     reference_virtiofsd: Callable[..., Daemon], tree: Path, opts: dict[str, Any]

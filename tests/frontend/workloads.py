@@ -284,6 +284,7 @@ def run_workload(
     event_idx: bool = True,
     indirect: bool = False,
     connect_timeout: float = 10.0,
+    poll: bool = False,
 ) -> Result:
     """Connect to SOCKET as a fresh front-end, run workload NAME, disconnect cleanly."""
     if name not in WORKLOADS:
@@ -314,11 +315,11 @@ def run_workload(
         }
         pipes = builders[name]()
         if warmup > 0:
-            run(fe, pipes, warmup)
+            run(fe, pipes, warmup, poll=poll)
             for p in pipes:
                 p.latencies.clear()
                 p.completed = 0
-        stats = run(fe, pipes, seconds)
+        stats = run(fe, pipes, seconds, poll=poll)
         for p in pipes:
             p.release()
         for hook in sess.after:
