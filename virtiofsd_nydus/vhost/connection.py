@@ -26,6 +26,7 @@ from .vring import Virtqueue
 
 log = logging.getLogger(__name__)
 _FD_SPACE = socket.CMSG_SPACE(m.MAX_FDS * array.array("i").itemsize)
+_BATCHES_PER_TURN = 16  # batches one queue may pop before yielding to the event loop
 
 
 def _close_all(fds: Sequence[int | None]) -> None:
@@ -59,6 +60,7 @@ class Connection:
         self._header: m.Header | None = None
         self._out = bytearray()
         self._hung_up = False
+        self._tasks: set[asyncio.Task[None]] = set()
         self.closed: asyncio.Future[None] = self.loop.create_future()
         sock.setblocking(False)
         self.loop.add_reader(sock.fileno(), self._on_readable)
@@ -77,10 +79,10 @@ class Connection:
             log.info("vhost-user: front-end connection error: %s", exc)
             self.close()
             return
-        for level, kind, payload in anc:
+        for level, kind, cmsg in anc:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 got = array.array("i")
-                got.frombytes(payload[: len(payload) - len(payload) % got.itemsize])
+                got.frombytes(cmsg[: len(cmsg) - len(cmsg) % got.itemsize])
                 self._fds.extend(got)
         if flags & socket.MSG_CTRUNC:
             log.warning("vhost-user: more than %d fds on one message", m.MAX_FDS)
@@ -129,7 +131,9 @@ class Connection:
             stop = out.actions[-1]
             assert isinstance(stop, p.StopRing)
             self.loop.remove_reader(self.sock.fileno())  # no request until the reply is out
-            self.loop.create_task(self._stop_ring(stop.index))
+            task = self.loop.create_task(self._stop_ring(stop.index))
+            self._tasks.add(task)  # the loop keeps only a weak reference
+            task.add_done_callback(self._tasks.discard)
             return
         reply = out.finish(ok)
         if reply is not None:
@@ -141,12 +145,17 @@ class Connection:
         match action:
             case p.SetMemTable(regions):
                 self.memory.clear()
-                try:
-                    for region, fd in regions:
+                failed = []
+                for region, fd in regions:
+                    try:
                         self._map(region, fd)
-                finally:
-                    _close_all([fd for _, fd in regions])
-                    self._remap()
+                    except GuestError as exc:
+                        failed.append(str(exc))
+                    finally:
+                        _close_all([fd])
+                self._remap()
+                if failed:
+                    raise GuestError("; ".join(failed))
             case p.AddRegion(region, fd):
                 try:
                     self._map(region, fd)
@@ -258,7 +267,7 @@ class Connection:
         if not q.running or not self.protocol.ring_enabled(index):
             return
         q.disable_notify()
-        while True:
+        for _ in range(_BATCHES_PER_TURN):
             chains = q.pop()
             if chains:
                 try:
@@ -277,6 +286,8 @@ class Connection:
                 return
             if not q.enable_notify():
                 return
+        # A busy guest must not starve the other queues and the socket: come back later.
+        self.loop.call_soon(self._process, index)
 
     def _completed(self, q: Virtqueue) -> None:
         if not self._to_notify:

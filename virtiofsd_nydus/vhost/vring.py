@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from .._native import ffi, lib
 from ..errors import GuestError, LocalError
@@ -19,6 +19,19 @@ from .memory import GuestMemory, strerror
 
 _alloc = ffi.new_allocator(should_clear_after_alloc=False)
 _ONE = (1).to_bytes(8, "little")
+
+
+class FastDrain(Protocol):
+    """A C fast path popping in place of ``vn_vq_pop`` (e.g. virtio-fs hot FUSE requests).
+
+    It pops chains from ``vq`` itself, completes (pushes and notifies through ``call_fd``,
+    -1 for none) those it can serve, and leaves the others in ``chains[0..n)`` with their
+    iovecs in ``iovs``; it returns n. See virtiofsd_nydus/fuse/fastpath.py.
+    """
+
+    def drain(
+        self, vq: Any, chains: Any, max_chains: int, iovs: Any, iov_cap: int, call_fd: int
+    ) -> int: ...
 
 
 class _Batch:
@@ -99,6 +112,7 @@ class Virtqueue:
         self._free: list[_Batch] = []
         self._batch: _Batch | None = None
         self._iov_cap = 0
+        self.fast_drain: FastDrain | None = None  # set by a device with a C fast path
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -161,7 +175,13 @@ class Virtqueue:
         if batch is None:
             batch = self._free.pop() if self._free else _Batch(self.batch_size, self._iov_cap)
             self._batch = batch
-        n = lib.vn_vq_pop(self.cdata, batch.chains, self.batch_size, batch.iovs, self._iov_cap)
+        if self.fast_drain is not None:
+            call_fd = -1 if self.call_fd is None else self.call_fd
+            n = self.fast_drain.drain(
+                self.cdata, batch.chains, self.batch_size, batch.iovs, self._iov_cap, call_fd
+            )
+        else:
+            n = lib.vn_vq_pop(self.cdata, batch.chains, self.batch_size, batch.iovs, self._iov_cap)
         if n <= 0:
             return []
         self._batch = None  # chains now point into it; the next pop takes a fresh one
