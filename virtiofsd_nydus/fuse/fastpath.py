@@ -122,6 +122,8 @@ class FastPath:
         self.sync_session()
 
     def _attach_store(self, bs: Bootstrap, store: ChunkStore) -> None:
+        if self.fs.chunks is not store:
+            raise LocalError("the store must be the image fs's own chunk source")
         if store.slot_size != bs.chunk_size:
             raise LocalError("cache slot size differs from the chunk size: no READ fast path")
         blobs = bs.blobs
@@ -155,7 +157,9 @@ class FastPath:
         self, vq: Any, chains: Any, max_chains: int, iovs: Any, iov_cap: int, call_fd: int
     ) -> int:
         """Virtqueue.pop's hook: serve hot chains in C; the count left in chains[0..n)."""
-        return int(lib.vn_fs_drain(self._c, vq, chains, max_chains, iovs, iov_cap, iov_cap, call_fd))
+        return int(
+            lib.vn_fs_drain(self._c, vq, chains, max_chains, iovs, iov_cap, iov_cap, call_fd)
+        )
 
     def serve(self, chain: Any) -> int | None:
         """Serve one popped chain (cdata) in C: reply bytes written, or None (Python's)."""

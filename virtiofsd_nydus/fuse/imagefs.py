@@ -57,6 +57,14 @@ class CachedChunkSource(ChunkSource, Protocol):
         ...
 
 
+class LookupCounts(Protocol):
+    """Lookup counts kept outside the fs: the C fast path's shared atomic array."""
+
+    def add(self, ino: int) -> None: ...
+    def forget(self, ino: int, nlookup: int) -> None: ...
+    def clear(self) -> None: ...
+
+
 _U64 = (1 << 64) - 1
 _DT_DIR = stat.S_IFDIR >> 12
 _BLKSIZE = 4096
@@ -120,25 +128,40 @@ class ImageFS(FileSystem):
         # Lookup counts: nothing is freed at zero (the bootstrap holds every node), but
         # they are the session's record of what the guest holds (metrics, tests).
         self.lookups: dict[int, int] = {}
+        self._shared: LookupCounts | None = None  # replaces ``lookups`` once attached
+
+    def share_lookups(self, counts: LookupCounts) -> None:
+        """Count lookups in ``counts`` from now on (the C fast path counts there too)."""
+        with self._lock:
+            self.lookups.clear()
+            counts.clear()
+            self._shared = counts
 
     # --- session ---------------------------------------------------------------------------
     def init(self, capable: int) -> int:
-        with self._lock:
-            self.lookups.clear()
+        self.destroy()
         return 0
 
     def destroy(self) -> None:
         with self._lock:
             self.lookups.clear()
+            if self._shared is not None:
+                self._shared.clear()
 
     # --- helpers -----------------------------------------------------------------------------
-    def _inode(self, ino: int) -> Inode:
+    def _valid(self, ino: int) -> None:
         if not 0 < ino <= self.bs.inode_count:
             raise fs_error(errno.ESTALE)  # a node id we never handed out
+
+    def _inode(self, ino: int) -> Inode:
+        self._valid(ino)
         return self.bs.inode(ino)
 
     def _counted(self, ino: int) -> Entry:
         entry = Entry(ino, attr_of(self._inode(ino)), self._timeouts)
+        if self._shared is not None:
+            self._shared.add(ino)
+            return entry
         with self._lock:
             self.lookups[ino] = self.lookups.get(ino, 0) + 1
         return entry
@@ -151,7 +174,7 @@ class ImageFS(FileSystem):
 
     # --- names and attributes ------------------------------------------------------------------
     def lookup(self, parent: int, name: bytes) -> Entry:
-        self._inode(parent)
+        self._valid(parent)
         ino = self.bs.lookup(parent, name)
         if ino is None:
             if not self._inode(parent).is_dir:
@@ -162,6 +185,9 @@ class ImageFS(FileSystem):
         return self._counted(ino)
 
     def forget(self, ino: int, nlookup: int) -> None:
+        if self._shared is not None:
+            self._shared.forget(ino, nlookup)
+            return
         with self._lock:
             left = self.lookups.get(ino, 0) - nlookup
             if left > 0:
@@ -184,20 +210,20 @@ class ImageFS(FileSystem):
         check_access(node.mode, node.uid, node.gid, mask, uid, gid)
 
     def statfs(self, ino: int) -> StatFs:
-        self._inode(ino)
+        self._valid(ino)
         data = sum(b.uncompressed_size for b in self.bs.blobs)
         blocks = (data + _BLKSIZE - 1) // _BLKSIZE
         return StatFs(blocks, 0, 0, self.bs.inode_count, 0, _BLKSIZE, abi.NAME_MAX, _BLKSIZE)
 
     def getxattr(self, ino: int, name: bytes) -> bytes:
-        self._inode(ino)
+        self._valid(ino)
         value = self.bs.getxattr(ino, name)
         if value is None:
             raise fs_error(errno.ENODATA)
         return value
 
     def listxattr(self, ino: int) -> list[bytes]:
-        self._inode(ino)
+        self._valid(ino)
         return self.bs.listxattr(ino)
 
     # --- files ---------------------------------------------------------------------------------
