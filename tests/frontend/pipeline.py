@@ -235,8 +235,9 @@ def run(
             _nap(fe, pipes, queues, last_progress, op_timeout)
     elapsed = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
+    in_window = sum(p.completed for p in pipes)  # the drained tail is not in the window
     drain(fe, pipes, op_timeout)
-    stats = RunStats(sum(p.completed for p in pipes), elapsed, cpu)
+    stats = RunStats(in_window, elapsed, cpu)
     for p in pipes:
         stats.latencies_ns += p.latencies
     return stats
