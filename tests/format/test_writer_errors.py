@@ -49,6 +49,12 @@ CASES: list[tuple[str, Callable[[], Image], type[Exception], str]] = [
     ("dotdot name", lambda: one(reg(0), b".."), ImageError, "invalid entry name"),
     ("long name", lambda: one(reg(0), b"n" * 256), ImageError, "invalid entry name"),
     ("str name", lambda: Image(root=directory({"s": reg(0)})), ImageError, "invalid entry"),  # type: ignore[dict-item]
+    (
+        "mixed name types",
+        lambda: Image(root=directory({"s": reg(0), b"b": reg(0)})),  # type: ignore[dict-item]
+        ImageError,
+        "not all bytes",
+    ),
     ("directory cycle", loop, ImageError, "cycle"),
     ("directory hard link", shared_dir, ImageError, "hard link"),
     ("bad mode", lambda: one(Node(mode=0o777)), ImageError, "invalid mode"),

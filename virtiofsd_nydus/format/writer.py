@@ -134,7 +134,11 @@ class _Builder:
             children = node.children or {}
             start = len(dirents) // L.DIRENT.size
             subdirs = 0
-            for name in sorted(children):
+            try:
+                ordered = sorted(children)
+            except TypeError:
+                raise ImageError(f"entry names in {self._path(ino)!r} are not all bytes") from None
+            for name in ordered:
                 if (
                     type(name) is not bytes
                     or not name
