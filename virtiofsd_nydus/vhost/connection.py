@@ -116,7 +116,14 @@ class Connection:
                 header.size,
                 len(fds),
             )
-        out = self.protocol.handle(header, payload, fds)
+        try:
+            out = self.protocol.handle(header, payload, fds)
+        except Exception:
+            # Our bug (or the device's): the front-end would wait forever for a reply.
+            log.exception("vhost-user: %s: internal error, closing", m.request_name(header.request))
+            _close_all(fds)
+            self.close()
+            return
         _close_all(out.unused_fds)
         if out.error:
             log.warning("vhost-user: %s", out.error)
