@@ -134,6 +134,9 @@ class Connection:
             except GuestError as exc:
                 log.warning("vhost-user: %s: %s", m.request_name(header.request), exc)
                 ok = False
+            except Exception:
+                log.exception("vhost-user: %s: internal error", m.request_name(header.request))
+                ok = False
         if out.deferred:
             stop = out.actions[-1]
             assert isinstance(stop, p.StopRing)
