@@ -484,7 +484,7 @@ class Bootstrap:
                 raise self._bad(f"invalid entry name {name!r} under {prefix or b'/'!r}")
             path = prefix + b"/" + name
             yield path, cino
-            if self.inode(cino).is_dir:
+            if _MODE.unpack_from(self._buf, self._inode_base(cino))[0] & _S_IFMT == _S_IFDIR:
                 if cino in seen:
                     raise self._bad(f"directory {cino} reachable twice (at {path!r})")
                 seen.add(cino)
