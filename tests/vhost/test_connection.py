@@ -330,3 +330,26 @@ def test_device_exception_completes_the_rest(sock_path: Path) -> None:
         assert sorted(q.ring.pop_used()) == sorted([(heads[0], 4), (heads[1], 0), (heads[2], 0)])
         assert fe.stop_queue(1) == 4  # nothing left in flight
     server.stop()
+
+
+def test_disabled_ring_is_not_served_until_enabled(sock_path: Path) -> None:
+    server = Server(sock_path, Echo())
+    with Frontend(str(sock_path), mem_size=8 << 20, queue_size=64) as fe:
+        assert roundtrip(fe, 1, b"on") == b"no"
+        fe.enable_queue(1, False)
+        q = fe.queues[1]
+        src, dst = fe.mem.alloc(4), fe.mem.alloc(4)
+        fe.mem.write(src, b"wait")
+        head = q.ring.add_chain([Buf(src, 4), Buf(dst, 4, True)])
+        q.submit([head])
+        q.kick()
+        assert roundtrip(fe, 0, b"q0") == b"0q"  # the other queue is served meanwhile
+        assert q.ring.pending_used() == 0
+        # Stopped while disabled: the pending chain was never popped.
+        qi, base = vm.reply_vring_state(fe.call(vm.Req.GET_VRING_BASE, vm.vring_state(1, 0)))
+        assert (qi, base) == (1, 1)
+        fe.restart_queue(1, base)  # set up again and enabled: now it is served
+        assert q.wait_used(1)
+        assert q.ring.pop_used() == [(head, 4)]
+        assert fe.mem.read(dst, 4) == b"tiaw"
+    server.stop()
