@@ -176,7 +176,9 @@ class FuseClient:
                 missing = sum(u not in self.done for u in want)
                 raise NoReply(f"{missing} of {len(want)} requests unanswered")
             if not any(self.fe.queues[qi].ring.arm(1) for qi in queues):
-                wait_any([self.fe.queues[qi] for qi in queues], min(left, 0.05))
+                signalled = wait_any([self.fe.queues[qi] for qi in queues], min(left, 0.05))
+                if not signalled and not self.fe.alive():  # a dead back-end: fail fast
+                    raise BackendGone("back-end closed the socket with requests in flight")
         return [self.done.pop(u) for u in want]
 
     def call(

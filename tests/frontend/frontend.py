@@ -79,12 +79,13 @@ class Queue:
         os.close(self.call_fd)
 
 
-def wait_any(queues: Sequence[Queue], timeout: float) -> None:
+def wait_any(queues: Sequence[Queue], timeout: float) -> bool:
     """Sleep until any of QUEUES is signalled (consuming the signals) or TIMEOUT passes."""
     ready, _, _ = select.select([q.call_fd for q in queues], [], [], max(0.0, timeout))
     for fd in ready:
         with contextlib.suppress(BlockingIOError):
             os.eventfd_read(fd)
+    return bool(ready)
 
 
 @dataclass

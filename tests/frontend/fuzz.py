@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -76,8 +77,12 @@ class RawQueue:
 
     def observe(self, head: int, out_gpa: int | None = None, timeout: float = 2.0) -> Observation:
         """Wait for HEAD to come back and classify what the back-end did with it."""
-        if not self.q.wait_used(1, timeout):
-            return Observation(Outcome.DIED if not self.fe.alive() else Outcome.NO_REPLY)
+        deadline = time.monotonic() + timeout
+        while not self.q.wait_used(1, min(0.05, max(0.0, deadline - time.monotonic()))):
+            if not self.fe.alive():
+                return Observation(Outcome.DIED)
+            if time.monotonic() >= deadline:
+                return Observation(Outcome.NO_REPLY)
         for used_id, length in self.ring.pop_used():
             if used_id != head:
                 continue
