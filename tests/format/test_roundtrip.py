@@ -261,3 +261,21 @@ def test_empty_root() -> None:
     assert list(bs.walk()) == [(b"/", 1)] and bs.inode(1).nlink == 2
     bs.verify()
     bs.verify_merkle()
+
+
+@pytest.mark.parametrize("fallback", [False, True], ids=["key-column", "python-bisect"])
+def test_lookup_names_sharing_key_prefixes(fallback: bool) -> None:
+    stems = [b"abcdefg", b"abcdefgh", b"abcdefgi", b"libfoo.so", b"a", b"\xff" * 8, b"\x01"]
+    names = {s + tail for s in stems for tail in (b"", b".1", b".10", b".1.2", b"\x01", b"\xff")}
+    names |= {b"abcdefgh" * 20, b"abcdefgh" * 20 + b"z", b"abcdefgh" * 19}
+    bs = Bootstrap.from_bytes(
+        write_bootstrap(Image(root=directory({n: reg(0) for n in names}), chunk_size=CS))
+    )
+    if fallback:
+        bs._keys = None  # what a big-endian host does
+    got = {n: bs.lookup(1, n) for n in names}
+    assert sorted(got.values(), key=lambda i: i or 0) == list(range(2, len(names) + 2))
+    assert dict(bs.readdir(1)) == got
+    probes = {n[:-1] for n in names} | {n + b"\x00" for n in names} | {n + b"!" for n in names}
+    for p in probes - names:
+        assert bs.lookup(1, p) is None, p
