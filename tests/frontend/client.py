@@ -266,14 +266,19 @@ class FuseClient:
     def statfs(self, nodeid: int = fa.ROOT_ID) -> fa.StatfsOut:
         return fa.statfs_out(self.call(fa.Op.STATFS, nodeid, b"", 80))
 
-    def getxattr(self, nodeid: int, name: bytes, size: int) -> bytes | int:
-        """With SIZE 0 the server answers the value's size (an int), else the value."""
-        data = self.call(fa.Op.GETXATTR, nodeid, fa.getxattr_in(name, size), max(size, 8))
-        return fa.u32_first(data) if size == 0 else bytes(data)
+    def getxattr(self, nodeid: int, name: bytes, size: int = 65536) -> bytes:
+        data = self.call(fa.Op.GETXATTR, nodeid, fa.getxattr_in(name, size), size)
+        return bytes(data)
 
-    def listxattr(self, nodeid: int, size: int) -> list[bytes] | int:
-        data = self.call(fa.Op.LISTXATTR, nodeid, fa.listxattr_in(size), max(size, 8))
-        return fa.u32_first(data) if size == 0 else fa.xattr_names(data)
+    def getxattr_size(self, nodeid: int, name: bytes) -> int:
+        """GETXATTR with size 0: the server answers the value's length."""
+        return fa.u32_first(self.call(fa.Op.GETXATTR, nodeid, fa.getxattr_in(name, 0), 8))
+
+    def listxattr(self, nodeid: int, size: int = 65536) -> list[bytes]:
+        return fa.xattr_names(self.call(fa.Op.LISTXATTR, nodeid, fa.listxattr_in(size), size))
+
+    def listxattr_size(self, nodeid: int) -> int:
+        return fa.u32_first(self.call(fa.Op.LISTXATTR, nodeid, fa.listxattr_in(0), 8))
 
     def access(self, nodeid: int, mask: int) -> None:
         self.call(fa.Op.ACCESS, nodeid, fa.access_in(mask), 16)

@@ -23,6 +23,8 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """hello.txt, big.bin (4 MiB random), dir/ with 40 entries of every common kind."""
     root = tmp_path_factory.mktemp("served")
     (root / "hello.txt").write_bytes(b"hello, virtio-fs\n" * 300)
+    with contextlib.suppress(OSError):  # where the host fs has user xattrs
+        os.setxattr(root / "hello.txt", "user.greeting", b"hi there")
     (root / "big.bin").write_bytes(random.Random(7).randbytes(BIG_SIZE))
     d = root / "dir"
     d.mkdir()
@@ -45,8 +47,8 @@ def frontend_on(
     """Factory: a started Frontend (options as keyword args) on a fresh reference virtiofsd."""
     with contextlib.ExitStack() as stack:
 
-        def make(**opts: Any) -> tuple[Frontend, Daemon]:
-            daemon = reference_virtiofsd(tree, readonly=True)
+        def make(extra_args: tuple[str, ...] = (), **opts: Any) -> tuple[Frontend, Daemon]:
+            daemon = reference_virtiofsd(tree, readonly=True, extra_args=extra_args)
             fe = Frontend(str(daemon.socket_path), **opts).start()
             stack.callback(fe.close)
             return fe, daemon

@@ -87,6 +87,39 @@ def test_error_replies_carry_errno(fs: FuseClient) -> None:
         assert e.value.errno == errno.EROFS
 
 
+def test_xattr_access_lseek_and_more_erofs(frontend_on: FrontendFactory, tree: Path) -> None:
+    fe, _ = frontend_on(extra_args=("--xattr",))
+    fs = FuseClient(fe)
+    fs.init()
+    path = tree / "hello.txt"
+    node = fs.lookup(fa.ROOT_ID, b"hello.txt").nodeid
+    host_names = sorted(os.fsencode(n) for n in os.listxattr(path))
+    assert sorted(fs.listxattr(node)) == host_names
+    assert fs.listxattr_size(node) == sum(len(n) + 1 for n in host_names)
+    for name in host_names:
+        value = os.getxattr(path, name)
+        assert fs.getxattr_size(node, name) == len(value)
+        assert fs.getxattr(node, name) == value
+    with pytest.raises(OSError) as e:
+        fs.getxattr(node, b"user.absent", 64)
+    assert e.value.errno == errno.ENODATA
+    fs.access(node, os.R_OK)
+    fh = fs.open(node).fh
+    size = path.stat().st_size
+    assert fs.lseek(node, fh, 0, os.SEEK_DATA) == 0
+    assert fs.lseek(node, fh, 0, os.SEEK_HOLE) == size
+    assert fs.getattr(node, fh).attr.size == size
+    for mutate in (
+        lambda: fs.access(node, os.W_OK),
+        lambda: fs.open(node, os.O_WRONLY),
+        lambda: fs.setattr(node, size=0),
+        lambda: fs.write(node, fh, 0, b"zz"),
+    ):
+        with pytest.raises(OSError) as e:
+            mutate()
+        assert e.value.errno == errno.EROFS
+
+
 def test_256_reads_in_flight(fs: FuseClient, tree: Path) -> None:
     want = (tree / "big.bin").read_bytes()
     node = fs.lookup(fa.ROOT_ID, b"big.bin").nodeid
