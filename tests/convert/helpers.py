@@ -7,7 +7,9 @@ from pathlib import Path
 from .treesnap import diff, snapshot
 
 
-def vnydus(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def vnydus(
+    *args: str | Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "virtiofsd_nydus.convert.cli", *map(str, args)],
         capture_output=True,
@@ -26,7 +28,16 @@ def ok(*args: str | Path, env: dict[str, str] | None = None) -> str:
 def extract(tar: Path, dest: Path) -> Path:
     dest.mkdir(parents=True)
     subprocess.run(
-        ["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf", str(tar), "-C", str(dest)],
+        [
+            "tar",
+            "--xattrs",
+            "--xattrs-include=*",
+            "--numeric-owner",
+            "-xpf",
+            str(tar),
+            "-C",
+            str(dest),
+        ],
         check=True,
         capture_output=True,
         timeout=120,

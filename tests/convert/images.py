@@ -54,7 +54,7 @@ def layer1(root: Path) -> None:
     os.link(root / "data/exact", root / "data/hl1")
     long_dir = root / ("d" * 60)
     _write(long_dir / ("n" * 120), b"long name")
-    _write(root / "ünïcødé-文件", "non-ascii".encode())
+    _write(root / "ünïcødé-文件", b"non-ascii")
     os.symlink("/etc/hello", root / "abs")
     os.symlink("etc/hello", root / "rel")
     os.symlink("/nonexistent/target", root / "dangling")

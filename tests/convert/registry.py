@@ -33,7 +33,10 @@ def local_registry(tmp: Path, users: dict[str, str] | None = None) -> Iterator[s
     if users:
         htpasswd = tmp / "htpasswd"
         htpasswd.write_text(
-            "".join(f"{u}:{crypt.crypt(p, crypt.mksalt(crypt.METHOD_BLOWFISH))}\n" for u, p in users.items())
+            "".join(
+                f"{u}:{crypt.crypt(p, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))}\n"
+                for u, p in users.items()
+            )
         )
         auth = f"auth:\n  htpasswd:\n    realm: test\n    path: {htpasswd}\n"
     conf = tmp / "config.yml"
@@ -41,8 +44,7 @@ def local_registry(tmp: Path, users: dict[str, str] | None = None) -> Iterator[s
         "version: 0.1\n"
         "log:\n  level: error\n"
         f"storage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
-        + auth
+        f"http:\n  addr: 127.0.0.1:{port}\n" + auth
     )
     log = open(tmp / "registry.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(["docker-registry", "serve", str(conf)], stdout=log, stderr=log)
@@ -57,7 +59,9 @@ def local_registry(tmp: Path, users: dict[str, str] | None = None) -> Iterator[s
                 break  # 401: up, with auth
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"registry did not start: {(tmp / 'registry.log').read_text()}") from None
+                    raise RuntimeError(
+                        f"registry did not start: {(tmp / 'registry.log').read_text()}"
+                    ) from None
                 time.sleep(0.1)
         yield addr
     finally:

@@ -75,7 +75,10 @@ def _bad_media_type(layout: Path) -> None:
     ],
 )
 def test_damaged_oci_layout(
-    source_image: tuple[Path, Path], tmp_path: Path, damage: Callable[[Path], None], words: list[str]
+    source_image: tuple[Path, Path],
+    tmp_path: Path,
+    damage: Callable[[Path], None],
+    words: list[str],
 ) -> None:
     layout = tmp_path / "src"
     shutil.copytree(source_image[0], layout)
@@ -97,7 +100,9 @@ def test_digest_mismatch_is_named(source_image: tuple[Path, Path], tmp_path: Pat
 
 def test_not_an_image(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    assert_one_line_error(vnydus("convert", f"oci:{tmp_path / 'empty'}", tmp_path / "o"), "oci-layout")
+    assert_one_line_error(
+        vnydus("convert", f"oci:{tmp_path / 'empty'}", tmp_path / "o"), "oci-layout"
+    )
     assert_one_line_error(vnydus("convert", f"oci:{tmp_path / 'nope'}", tmp_path / "o"), "no such")
     junk = tmp_path / "junk.tar"
     junk.write_bytes(b"this is not a tar file at all" * 100)
@@ -134,10 +139,14 @@ def test_bad_options_and_existing_output(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
     (src / "f").write_text("x")
-    assert_one_line_error(vnydus("convert", f"dir:{src}", tmp_path / "o", "--chunk-size", "3000"), "chunk size")
+    assert_one_line_error(
+        vnydus("convert", f"dir:{src}", tmp_path / "o", "--chunk-size", "3000"), "chunk size"
+    )
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
-    assert_one_line_error(vnydus("convert", f"dir:{src}", tmp_path / "full"), "not an empty directory")
+    assert_one_line_error(
+        vnydus("convert", f"dir:{src}", tmp_path / "full"), "not an empty directory"
+    )
     (tmp_path / "emptydir").mkdir()
     ok("convert", f"dir:{src}", tmp_path / "emptydir")  # an empty directory may be filled
 

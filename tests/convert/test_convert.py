@@ -13,7 +13,9 @@ from .images import CS, run
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def test_oci_layers_match_umoci_unpack(source_image: tuple[Path, Path], tmp_path: Path) -> None:
@@ -29,7 +31,9 @@ def test_oci_layers_match_umoci_unpack(source_image: tuple[Path, Path], tmp_path
     assert not list(tmp_path.glob("out.tmp-*"))
 
 
-def test_output_is_an_oci_layout_with_nydus_layers(source_image: tuple[Path, Path], tmp_path: Path) -> None:
+def test_output_is_an_oci_layout_with_nydus_layers(
+    source_image: tuple[Path, Path], tmp_path: Path
+) -> None:
     layout, _ = source_image
     out = tmp_path / "out"
     ok("convert", f"oci:{layout}:v1", out, "--chunk-size", "64K")
@@ -44,7 +48,9 @@ def test_output_is_an_oci_layout_with_nydus_layers(source_image: tuple[Path, Pat
     config = json.loads((blobs / manifest["config"]["digest"][7:]).read_text())
     assert config["rootfs"]["diff_ids"][0] == data[0]["digest"]  # a raw blob is its own diff
     assert len(config["rootfs"]["diff_ids"]) == 2
-    listing = subprocess.run(["tar", "-tzf", blobs / boot["digest"][7:]], capture_output=True, text=True)
+    listing = subprocess.run(
+        ["tar", "-tzf", blobs / boot["digest"][7:]], capture_output=True, text=True
+    )
     assert "image/image.boot" in listing.stdout.split()
     assert (out / "image.boot").is_file()
     # skopeo reads it as a valid image
@@ -73,7 +79,13 @@ def _boundary_dir(root: Path, cs: int) -> None:
 
     rnd = random.Random(7)
     root.mkdir()
-    for name, n in (("exact", cs), ("minus", cs - 1), ("plus", cs + 1), ("two", 2 * cs), ("one", 1)):
+    for name, n in (
+        ("exact", cs),
+        ("minus", cs - 1),
+        ("plus", cs + 1),
+        ("two", 2 * cs),
+        ("one", 1),
+    ):
         (root / name).write_bytes(rnd.randbytes(n))
     (root / "empty").write_bytes(b"")
     with open(root / "sparse", "wb") as f:
@@ -102,7 +114,9 @@ def test_tar_source_gnu_and_pax_sparse(tmp_path: Path) -> None:
     for fmt in ("gnu", "posix"):
         tar = tmp_path / f"{fmt}.tar.gz"
         subprocess.run(
-            ["tar", f"--format={fmt}", "--sparse", "-czf", tar, "-C", src, "."], check=True, timeout=60
+            ["tar", f"--format={fmt}", "--sparse", "-czf", tar, "-C", src, "."],
+            check=True,
+            timeout=60,
         )
         out = tmp_path / f"out-{fmt}"
         ok("convert", f"tar:{tar}", out, "--chunk-size", "64K")
@@ -141,7 +155,9 @@ def _reference_file(source_image: tuple[Path, Path], rel: str) -> bytes:
 
 def _manifest(out: Path) -> dict[str, object]:
     index = json.loads((out / "index.json").read_text())
-    result: dict[str, object] = json.loads((out / "blobs/sha256" / index["manifests"][0]["digest"][7:]).read_text())
+    result: dict[str, object] = json.loads(
+        (out / "blobs/sha256" / index["manifests"][0]["digest"][7:]).read_text()
+    )
     return result
 
 

@@ -37,19 +37,30 @@ def _skopeo_push(layout: Path, dest: str, *extra: str) -> None:
     run("skopeo", "copy", "--dest-tls-verify=false", *extra, f"oci:{layout}:v1", dest)
 
 
-def test_pull_convert_push_and_back(source_image: tuple[Path, Path], registry: str, tmp_path: Path) -> None:
+def test_pull_convert_push_and_back(
+    source_image: tuple[Path, Path], registry: str, tmp_path: Path
+) -> None:
     layout, reference = source_image
     _skopeo_push(layout, f"docker://{registry}/src:v1")
     out = tmp_path / "out"
     stdout = ok(
-        "convert", f"docker://{registry}/src:v1", out, "--chunk-size", "64K", "--tls-verify=false",
-        "--push", f"docker://{registry}/conv:v1", "--dest-tls-verify=false",
+        "convert",
+        f"docker://{registry}/src:v1",
+        out,
+        "--chunk-size",
+        "64K",
+        "--tls-verify=false",
+        "--push",
+        f"docker://{registry}/conv:v1",
+        "--dest-tls-verify=false",
     )
     assert "blobs uploaded" in stdout
     assert_same_tree(reference, unpack_tree(out, tmp_path / "a"))
     # skopeo copies the pushed image back; it unpacks (and checks) to the same tree
     back = tmp_path / "back"
-    run("skopeo", "copy", "--src-tls-verify=false", f"docker://{registry}/conv:v1", f"oci:{back}:v1")
+    run(
+        "skopeo", "copy", "--src-tls-verify=false", f"docker://{registry}/conv:v1", f"oci:{back}:v1"
+    )
     assert "ok:" in ok("check", back)
     assert_same_tree(reference, unpack_tree(back, tmp_path / "b"))
     # pushing again uploads nothing: every blob is there already
@@ -62,10 +73,23 @@ def test_pull_convert_push_and_back(source_image: tuple[Path, Path], registry: s
 def test_pull_by_digest(source_image: tuple[Path, Path], registry: str, tmp_path: Path) -> None:
     layout, reference = source_image
     _skopeo_push(layout, f"docker://{registry}/bydigest:v1")
-    digest = run("skopeo", "inspect", "--tls-verify=false", "--format", "{{.Digest}}",
-                 f"docker://{registry}/bydigest:v1").strip()
+    digest = run(
+        "skopeo",
+        "inspect",
+        "--tls-verify=false",
+        "--format",
+        "{{.Digest}}",
+        f"docker://{registry}/bydigest:v1",
+    ).strip()
     out = tmp_path / "out"
-    ok("convert", f"docker://{registry}/bydigest@{digest}", out, "--tls-verify=false", "--chunk-size", "64K")
+    ok(
+        "convert",
+        f"docker://{registry}/bydigest@{digest}",
+        out,
+        "--tls-verify=false",
+        "--chunk-size",
+        "64K",
+    )
     assert_same_tree(reference, unpack_tree(out, tmp_path))
 
 
@@ -83,7 +107,9 @@ def test_basic_auth(source_image: tuple[Path, Path], auth_registry: str, tmp_pat
     env = {**os.environ, "HOME": str(tmp_path), "REGISTRY_AUTH_FILE": str(tmp_path / "none.json")}
     r = vnydus("convert", src, tmp_path / "o", "--tls-verify=false", env=env)
     assert_one_line_error(r, "401")
-    r = vnydus("convert", src, tmp_path / "o", "--tls-verify=false", "--src-creds=alice:wrong", env=env)
+    r = vnydus(
+        "convert", src, tmp_path / "o", "--tls-verify=false", "--src-creds=alice:wrong", env=env
+    )
     assert_one_line_error(r, "401")
     assert not (tmp_path / "o").exists()
     # credentials from a containers auth.json
@@ -92,7 +118,23 @@ def test_basic_auth(source_image: tuple[Path, Path], auth_registry: str, tmp_pat
     auth.write_text(json.dumps({"auths": {auth_registry: {"auth": token}}}))
     env["REGISTRY_AUTH_FILE"] = str(auth)
     out = tmp_path / "out"
-    ok("convert", src, out, "--tls-verify=false", "--chunk-size", "64K",
-       "--push", f"docker://{auth_registry}/conv:v1", "--dest-tls-verify=false", env=env)
+    ok(
+        "convert",
+        src,
+        out,
+        "--tls-verify=false",
+        "--chunk-size",
+        "64K",
+        "--push",
+        f"docker://{auth_registry}/conv:v1",
+        "--dest-tls-verify=false",
+        env=env,
+    )
     assert_same_tree(reference, unpack_tree(out, tmp_path))
-    run("skopeo", "inspect", "--tls-verify=false", "--creds=alice:s3cret", f"docker://{auth_registry}/conv:v1")
+    run(
+        "skopeo",
+        "inspect",
+        "--tls-verify=false",
+        "--creds=alice:s3cret",
+        f"docker://{auth_registry}/conv:v1",
+    )

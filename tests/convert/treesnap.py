@@ -14,7 +14,11 @@ def _xattrs(path: str) -> dict[str, bytes]:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError:
         return {}
-    return {n: os.getxattr(path, n, follow_symlinks=False) for n in sorted(names) if n.startswith("user.")}
+    return {
+        n: os.getxattr(path, n, follow_symlinks=False)
+        for n in sorted(names)
+        if n.startswith("user.")
+    }
 
 
 def snapshot(root: str, skip_root_mtime: bool = True) -> dict[str, dict[str, Any]]:
@@ -61,5 +65,7 @@ def diff(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]]) -> list[str
             lines.append(f"only in first: {p}")
         elif a[p] != b[p]:
             keys = sorted(k for k in set(a[p]) | set(b[p]) if a[p].get(k) != b[p].get(k))
-            lines.append(f"{p}: " + ", ".join(f"{k}: {a[p].get(k)!r} != {b[p].get(k)!r}" for k in keys))
+            lines.append(
+                f"{p}: " + ", ".join(f"{k}: {a[p].get(k)!r} != {b[p].get(k)!r}" for k in keys)
+            )
     return lines

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import LocalError
 from ..format.model import DEFAULT_CHUNK_SIZE, Blob, Compression
 
 COPY_SIZE = 1 << 20
+MAX_QUEUED = 32  # payloads waiting for the writer thread
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +40,10 @@ class Spool:
         # size): storage's cache keeps one bitmap bit per slot (docs/storage.md).
         self.slot_size = slot_size
         self._f = open(path, "wb")  # noqa: SIM115 - closed in finish()
+        # writing and hashing (both release the GIL) happen on their own thread, in order
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="spool")
+        self._room = threading.BoundedSemaphore(MAX_QUEUED)
+        self._error: BaseException | None = None
         self._hash = hashlib.sha256()
         self._size = 0
         self._raw = 0
@@ -49,14 +57,28 @@ class Spool:
 
     def append(self, digest: bytes, payload: bytes, compressed: bool, raw_size: int) -> None:
         self.entries[digest] = Placed(self._size, len(payload), self._raw, raw_size, compressed)
-        self._f.write(payload)
-        self._hash.update(payload)
+        self._room.acquire()
+        self._io.submit(self._write, payload)
         self._size += len(payload)
         self._raw += self.slot_size
 
+    def _write(self, payload: bytes) -> None:
+        try:
+            if self._error is None:
+                self._f.write(payload)
+                self._hash.update(payload)
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            self._room.release()
+
     def close(self) -> None:
+        self._io.shutdown(wait=True)
         if not self._f.closed:
             self._f.close()
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise LocalError(f"cannot write {self.path}: {err}") from None
 
     def finish(self, live: set[bytes], blob_dir: Path) -> tuple[Blob | None, dict[bytes, Placed]]:
         """Write the blob into ``blob_dir`` (named by its hex digest) keeping ``live`` chunks."""

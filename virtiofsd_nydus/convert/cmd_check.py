@@ -68,7 +68,9 @@ def check(image_dir: str) -> tuple[list[str], str]:
             if not p.is_file():
                 problems.append(f"blob {b.digest} missing")
             elif os.path.getsize(p) != b.compressed_size:
-                problems.append(f"blob {b.digest}: {os.path.getsize(p)} bytes, want {b.compressed_size}")
+                problems.append(
+                    f"blob {b.digest}: {os.path.getsize(p)} bytes, want {b.compressed_size}"
+                )
             elif _sha256_file(str(p)) != b.digest:
                 problems.append(f"blob {b.digest}: content does not match its digest")
         blobs = LocalBlobs(img, bs)

@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
         f"  stored chunks   {_mib(unique)} uncompressed -> {_mib(res.blob_bytes)} in the new blob"
     )
     print(
-        f"  blobs           {len(asm.image.blobs)} ({len(asm.image.blobs) - (1 if asm.new_blob else 0)} from chunk dicts)"
+        f"  blobs           {len(asm.image.blobs)} "
+        f"({len(asm.image.blobs) - (1 if asm.new_blob else 0)} from chunk dicts)"
     )
     if args.push:
         from .push import push_image

@@ -30,18 +30,27 @@ def _summary(bs: Bootstrap) -> list[str]:
         c = bs.chunk(i)
         unique += c.uncompressed_size
         stored += c.compressed_size
-    names = {"-": "files", "d": "dirs", "l": "symlinks", "c": "char devs", "b": "block devs", "p": "fifos"}
+    names = {
+        "-": "files",
+        "d": "dirs",
+        "l": "symlinks",
+        "c": "char devs",
+        "b": "block devs",
+        "p": "fifos",
+    }
     lines = [
         f"chunk size     {bs.chunk_size}",
         f"root digest    {bs.root_digest.hex()}",
         "inodes         " + ", ".join(f"{kinds[k]} {names.get(k, k)}" for k in sorted(kinds)),
         f"file bytes     {file_bytes:,} (holes/zeros: {file_bytes - referenced:,})",
         f"chunks         {bs.chunk_count} unique, {unique:,} B uncompressed, {stored:,} B stored",
-        f"dedup ratio    {referenced / unique if unique else 1:.3f} (chunk data referenced / unique)",
+        f"dedup ratio    {referenced / unique if unique else 1:.3f} (referenced/unique bytes)",
         f"compression    {unique / stored if stored else 1:.3f}",
         f"blobs          {len(bs.blobs)}",
     ]
-    lines += [f"  {b.digest}  {b.compressed_size:,} B ({b.uncompressed_size:,} B data)" for b in bs.blobs]
+    lines += [
+        f"  {b.digest}  {b.compressed_size:,} B ({b.uncompressed_size:,} B data)" for b in bs.blobs
+    ]
     return lines
 
 
@@ -52,7 +61,8 @@ def _path(bs: Bootstrap, path: str) -> list[str]:
     n = bs.inode(ino)
     lines = [
         f"path    {path}",
-        f"inode   {ino} ({TYPE_CHAR.get(stat.S_IFMT(n.mode), '?')}) mode {stat.S_IMODE(n.mode):04o} "
+        f"inode   {ino} ({TYPE_CHAR.get(stat.S_IFMT(n.mode), '?')}) "
+        f"mode {stat.S_IMODE(n.mode):04o} "
         f"uid {n.uid} gid {n.gid} nlink {n.nlink}",
         f"size    {n.size}",
         f"mtime   {n.mtime_sec}.{n.mtime_nsec:09d}",
@@ -70,7 +80,8 @@ def _path(bs: Bootstrap, path: str) -> list[str]:
             blob = bs.blobs[c.blob_index].digest
             lines.append(
                 f"chunk   @{off} #{ci} {c.digest.hex()[:16]} {c.uncompressed_size} B -> "
-                f"{c.compressed_size} B {'zstd' if c.compressed else 'raw'} in {blob[:19]}+{c.compressed_offset}"
+                f"{c.compressed_size} B {'zstd' if c.compressed else 'raw'} "
+                f"in {blob[:19]}+{c.compressed_offset}"
             )
     return lines
 

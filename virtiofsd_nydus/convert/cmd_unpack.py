@@ -6,6 +6,7 @@ import argparse
 import os
 import stat
 import tarfile
+from typing import IO, cast
 
 from ..errors import LocalError
 from .blobread import FileData, LocalBlobs
@@ -57,7 +58,7 @@ def unpack(image_dir: str, out_tar: str) -> int:
                             data = FileData(blobs, ino, node.size)
                         elif ti.type in (tarfile.CHRTYPE, tarfile.BLKTYPE):
                             ti.devmajor, ti.devminor = os.major(node.rdev), os.minor(node.rdev)
-                    tf.addfile(ti, data)  # type: ignore[arg-type]
+                    tf.addfile(ti, cast(IO[bytes] | None, data))
                     count += 1
             os.replace(tmp, out_tar)
         except OSError as exc:

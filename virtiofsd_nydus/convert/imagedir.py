@@ -67,7 +67,9 @@ class ImageDir:
 
     def _bootstrap_from_layer(self) -> bytes:
         layers = self.manifest().get("layers") or []
-        boots = [d for d in layers if isinstance(d, dict) and d.get("mediaType") == mt.BOOTSTRAP_LAYER]
+        boots = [
+            d for d in layers if isinstance(d, dict) and d.get("mediaType") == mt.BOOTSTRAP_LAYER
+        ]
         if len(boots) != 1 or not isinstance(boots[0].get("digest"), str):
             raise ImageError(f"{self.path}: not a converted image (no bootstrap layer)")
         raw = self._read(self.blob_path(boots[0]["digest"]))

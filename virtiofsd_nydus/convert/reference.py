@@ -86,7 +86,8 @@ def parse_source(text: str) -> SourceRef:
     transport, sep, rest = text.partition(":")
     if not sep or not rest:
         raise LocalError(
-            f"bad source {text!r}: want oci:DIR[:TAG], docker-archive:FILE, docker://REF, dir:PATH or tar:FILE"
+            f"bad source {text!r}: want oci:DIR[:TAG], docker-archive:FILE, "
+            "docker://REF, dir:PATH or tar:FILE"
         )
     if transport in ("oci", "docker-archive"):
         if os.path.exists(rest):

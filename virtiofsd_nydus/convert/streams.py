@@ -7,9 +7,8 @@ A layer is read exactly once, front to back: blob bytes → sha256 check → gun
 from __future__ import annotations
 
 import hashlib
-import io
 import zlib
-from typing import BinaryIO, Protocol
+from typing import IO, BinaryIO, Protocol, cast
 
 import zstandard
 
@@ -24,19 +23,21 @@ class Readable(Protocol):
     def read(self, n: int = -1, /) -> bytes: ...
 
 
-class _RawReader(io.RawIOBase):
-    """Adapts anything with ``read`` to the ``io`` stack (so it can be buffered)."""
+class _Prepend:
+    """``head`` (bytes already read to sniff the format), then the rest of ``src``."""
 
-    def __init__(self, src: Readable) -> None:
+    def __init__(self, head: bytes, src: Readable) -> None:
+        self._head = head
         self._src = src
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: memoryview) -> int:  # type: ignore[override]
-        data = self._src.read(len(b))
-        b[: len(data)] = data
-        return len(data)
+    def read(self, n: int = -1, /) -> bytes:
+        if self._head:
+            if n < 0 or n >= len(self._head):
+                head, self._head = self._head, b""
+                return head
+            head, self._head = self._head[:n], self._head[n:]
+            return head
+        return self._src.read(n)
 
 
 class DigestReader:
@@ -46,33 +47,31 @@ class DigestReader:
         self._src = src
         self._what = what
         self._expected = expected
-        self._hash = hashlib.sha256()
+        self._hash = hashlib.sha256() if expected is not None else None  # hashing costs
         self.count = 0
 
     def read(self, n: int = -1, /) -> bytes:
         data = self._src.read(n)
-        self._hash.update(data)
+        if self._hash is not None:
+            self._hash.update(data)
         self.count += len(data)
         return data
 
-    @property
-    def digest(self) -> str:
-        return "sha256:" + self._hash.hexdigest()
-
-    def finish(self) -> str:
+    def finish(self) -> None:
         """Read what is left and check the digest (if one was expected)."""
         while self.read(READ_SIZE):
             pass
-        got = self.digest
-        if self._expected is not None and got != self._expected:
+        if self._hash is None:
+            return
+        got = "sha256:" + self._hash.hexdigest()
+        if got != self._expected:
             raise ImageError(f"{self._what}: digest mismatch: expected {self._expected}, got {got}")
-        return got
 
 
 class _GzipReader:
     """Streaming gunzip, multi-member, that notices truncation (Python's gzip is slow here)."""
 
-    def __init__(self, src: io.BufferedReader, what: str) -> None:
+    def __init__(self, src: Readable, what: str) -> None:
         self._src = src
         self._what = what
         self._d = zlib.decompressobj(wbits=31)
@@ -103,10 +102,10 @@ class _GzipReader:
 
 
 class _ZstdReader:
-    def __init__(self, src: io.BufferedReader, what: str) -> None:
+    def __init__(self, src: Readable, what: str) -> None:
         self._what = what
         self._r = zstandard.ZstdDecompressor().stream_reader(
-            src, read_size=READ_SIZE, read_across_frames=True
+            cast(IO[bytes], src), read_size=READ_SIZE, read_across_frames=True
         )
 
     def read(self, n: int = -1, /) -> bytes:
@@ -119,13 +118,15 @@ class _ZstdReader:
 
 def decompressed(src: Readable, what: str) -> Readable:
     """Sniff the compression from the first bytes (media types lie) and undo it."""
-    buf = io.BufferedReader(_RawReader(src), READ_SIZE)
-    head = buf.peek(4)[:4]
+    head = b""
+    while len(head) < len(ZSTD_MAGIC) and (more := src.read(len(ZSTD_MAGIC) - len(head))):
+        head += more
+    stream = _Prepend(head, src)
     if head.startswith(GZIP_MAGIC):
-        return _GzipReader(buf, what)
+        return _GzipReader(stream, what)
     if head.startswith(ZSTD_MAGIC):
-        return _ZstdReader(buf, what)
-    return buf
+        return _ZstdReader(stream, what)
+    return stream
 
 
 class ForwardReader:

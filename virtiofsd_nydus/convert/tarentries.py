@@ -7,6 +7,7 @@ import os
 import tarfile
 import urllib.parse
 from collections.abc import Iterator
+from typing import IO, cast
 
 import structlog
 
@@ -52,7 +53,30 @@ def _xattrs(ti: tarfile.TarInfo) -> dict[bytes, bytes]:
     return out
 
 
-def _entry(tf: tarfile.TarFile, ti: tarfile.TarInfo) -> Entry | None:
+class _Member:
+    """A plain member's data read straight off the archive stream (tarfile's own file
+    object adds two more copies of every byte)."""
+
+    def __init__(self, stream: ForwardReader, start: int, size: int) -> None:
+        self._s = stream
+        self._start = start
+        self._end = start + size
+
+    def read(self, n: int = -1, /) -> bytes:
+        left = self._end - self._s.tell()
+        if n < 0 or n > left:
+            n = left
+        data = self._s.read(n)
+        if len(data) != n:
+            raise tarfile.ReadError("unexpected end of data")
+        return data
+
+    def seek(self, pos: int, whence: int = 0, /) -> int:
+        self._s.seek(self._start + pos)
+        return pos
+
+
+def _entry(tf: tarfile.TarFile, ti: tarfile.TarInfo, stream: ForwardReader) -> Entry | None:
     path = normalize(_fsencode(ti.name))
     e = Entry(
         path=path,
@@ -65,10 +89,12 @@ def _entry(tf: tarfile.TarFile, ti: tarfile.TarInfo) -> Entry | None:
     )
     if ti.isreg():
         e.size = ti.size
-        e.content = tf.extractfile(ti)
         sparse = getattr(ti, "sparse", None)
         if sparse is not None:
             e.data_ranges = [(int(o), int(n)) for o, n in sparse]
+            e.content = tf.extractfile(ti)
+        else:
+            e.content = _Member(stream, ti.offset_data, ti.size)
     elif ti.isdir():
         e.kind = Kind.DIR
     elif ti.issym():
@@ -92,11 +118,8 @@ def iter_tar(stream: ForwardReader, what: str) -> Iterator[Entry]:
     """Yield a layer's entries in archive order. Each entry's content is readable until the
     next one is requested. Raises ImageError for a corrupt or truncated archive."""
     try:
-        tf = tarfile.open(
-            fileobj=stream,  # type: ignore[arg-type]
-            mode="r:",
-            encoding="utf-8",
-            errors="surrogateescape",
+        tf = tarfile.TarFile(
+            fileobj=cast(IO[bytes], stream), mode="r", encoding="utf-8", errors="surrogateescape"
         )
     except tarfile.ReadError as exc:
         raise ImageError(f"{what}: not a tar archive ({exc})") from None
@@ -105,8 +128,8 @@ def iter_tar(stream: ForwardReader, what: str) -> Iterator[Entry]:
             ti = tf.next()
             if ti is None:
                 break
-            tf.members.clear()  # we resolve links ourselves; don't hold every header
-            e = _entry(tf, ti)
+            tf.members.clear()  # type: ignore[attr-defined]  # links are ours: drop headers
+            e = _entry(tf, ti, stream)
             if e is not None:
                 yield e
     except (tarfile.TarError, EOFError) as exc:

@@ -58,7 +58,9 @@ def tar_layer_entries(raw: Readable, layer: Layer, what: str) -> Iterator[Entry]
     """A (maybe compressed) tar layer read once: blob digest, decompression, diff_id, tar."""
     check_layer_type(layer, what)
     blob = DigestReader(raw, layer.digest, what)
-    plain = DigestReader(decompressed(blob, what), layer.diff_id, f"{what} (uncompressed)")
+    # The blob digest pins the uncompressed bytes too: check the diff_id only without one.
+    diff_id = layer.diff_id if layer.digest is None else None
+    plain = DigestReader(decompressed(blob, what), diff_id, f"{what} (uncompressed)")
     yield from iter_tar(ForwardReader(plain, what), what)
     plain.finish()
     blob.finish()

@@ -21,7 +21,7 @@ class DockerArchiveSource(ImageSource):
     def __init__(self, path: str, ref: str | None) -> None:
         self.name = f"docker-archive:{path}"
         try:
-            self._tf = tarfile.open(path, "r:")
+            self._tf = tarfile.open(path, "r:")  # noqa: SIM115 - closed by close()
         except FileNotFoundError:
             raise ImageError(f"{self.name}: no such file") from None
         except (tarfile.TarError, OSError) as exc:
