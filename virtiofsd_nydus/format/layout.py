@@ -158,7 +158,8 @@ class Section:
         need = RECORD_SIZES.get(self.kind)
         if need is None:
             return  # an unknown (newer minor) section: only its bounds matter to us
-        if self.record_size < need or self.record_size % (ALIGN if need >= ALIGN else need):
+        bad = self.record_size < need or self.record_size % (ALIGN if need >= ALIGN else need)
+        if bad or (self.kind == Kind.STRINGS and self.record_size != 1):
             raise ImageError(f"bootstrap {what}: bad record size {self.record_size}")
         if self.count * self.record_size > self.size:
             raise ImageError(
