@@ -12,6 +12,7 @@ import array
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import fuse_abi as fa
 from .conn import BackendGone
@@ -90,7 +91,7 @@ class Pipeline:
         self.latencies: list[int] = []
         self.completed = 0
         self.inflight = 0
-        self.user: dict[str, object] = {}  # workload state
+        self.user: dict[str, Any] = {}  # workload state
 
     def in_offset(self, slot: int) -> int:
         return slot * self.in_stride

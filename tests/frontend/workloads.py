@@ -20,6 +20,7 @@ from .pipeline import Pipeline, run
 WORKLOADS = ("seqread128k", "randread4k", "lookup", "getattr", "readdirplus")
 _Q = struct.Struct("<Q")
 _I = struct.Struct("<I")
+_QQ = struct.Struct("<QQ")
 
 
 @dataclass
@@ -240,34 +241,41 @@ def _readdirplus_pipes(
             sess.lookups[i] += 1
         pages.append((off, ids))
         off = batch[-1].off
+    sess.fs.releasedir(node, fh)
     counts = [0] * len(pages)
-    state = {"next": 0}
-    pack = _Q.pack_into
+    pack = _QQ.pack_into
 
+    # Like many concurrent `ls -l`: each slot has its own handle and reads it page by page.
     def prepare(p: Pipeline, slots: Sequence[int]) -> None:
-        view, stride, k, n = p.in_view, p.in_stride, state["next"], len(pages)
+        view, stride, n = p.in_view, p.in_stride, len(pages)
+        fhs, at = p.user["fhs"], p.user["page"]
         for s in slots:
-            i = k % n
-            pack(view, s * stride + 48, pages[i][0])
+            i = at[s]
+            pack(view, s * stride + 40, fhs[s], pages[i][0])
             counts[i] += 1
-            k += 1
-        state["next"] = k
+            at[s] = i + 1 if i + 1 < n else 0
 
     def forget_counts() -> None:
         for i, c in enumerate(counts):
             for nid in pages[i][1]:
                 sess.lookups[nid] += c
 
+    tmpl = fa.request(fa.Op.READDIRPLUS, 0, node, fa.read_in(0, 0, io))
+    pipes = []
+    for q in range(1, queues + 1):
+        # Every page holds entries: a bare out_header (an error or an empty page) is wrong.
+        p = Pipeline(sess.fe, q, depth, tmpl, io, min_len=17, prepare=prepare, indirect=indirect)
+        p.user["fhs"] = [sess.fs.opendir(node).fh for _ in range(depth)]
+        p.user["page"] = [s % len(pages) for s in range(depth)]  # staggered starts
+        pipes.append(p)
+
     def release() -> None:
-        sess.fs.releasedir(node, fh)
+        for p in pipes:
+            for h in p.user["fhs"]:
+                sess.fs.releasedir(node, h)
 
     sess.after += [forget_counts, release]
-    tmpl = fa.request(fa.Op.READDIRPLUS, 0, node, fa.read_in(fh, 0, io))
-    return [
-        # Every page holds entries: a bare out_header (an error or an empty page) is wrong.
-        Pipeline(sess.fe, q, depth, tmpl, io, min_len=17, prepare=prepare, indirect=indirect)
-        for q in range(1, queues + 1)
-    ]
+    return pipes
 
 
 def run_workload(
