@@ -70,6 +70,7 @@ MAX_PAGES = 1 << 22
 CACHE_SYMLINKS = 1 << 23
 SUBMOUNTS = 1 << 27
 INIT_EXT = 1 << 30
+HAS_EXPIRE_ONLY = 1 << 35  # a flags2 bit (sent as 1 << 3 in flags2)
 # What a Linux 6.x virtio-fs guest typically offers (without the DAX / security bits).
 KERNEL_INIT_FLAGS = (
     ASYNC_READ

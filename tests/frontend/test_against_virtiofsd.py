@@ -15,12 +15,15 @@ from tests.frontend.conftest import FrontendFactory
 from tests.frontend.vring import Buf
 
 
-def test_init_negotiates_7_38(fs: FuseClient) -> None:
-    init = fs.init_reply
-    assert init is not None
+def test_init_negotiates_7_38(frontend_on: FrontendFactory) -> None:
+    fe, _ = frontend_on()
+    fs = FuseClient(fe)
+    flags2 = fa.HAS_EXPIRE_ONLY >> 32  # INIT_EXT: the upper flags travel in flags2
+    init = fs.init(flags2=flags2)
     assert (init.major, init.minor) == (7, 38)
-    assert init.max_write > 0
+    assert init.max_write > 0 and init.max_pages > 0
     assert init.flags & ~fa.KERNEL_INIT_FLAGS == 0  # never more than the kernel offered
+    assert init.flags2 & ~flags2 == 0
 
 
 def test_lookup_and_getattr_match_lstat(fs: FuseClient, tree: Path) -> None:
