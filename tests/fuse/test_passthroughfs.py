@@ -284,3 +284,26 @@ def test_new_init_closes_every_descriptor(shared: Path) -> None:
     assert fs.node_count == 1
     assert s.read(ino, 0, 1, fh).error == errno.EBADF  # its handle is gone
     fs.close()
+
+
+def test_a_forget_racing_an_operation_never_closes_its_descriptor(shared: Path) -> None:
+    # Another worker's FORGET (or RELEASE) lands while an operation still uses the node:
+    # the descriptor must stay open until that operation is done, or its number could be
+    # reused by an unrelated open and the operation would act on the wrong file.
+    fs = PassthroughFS(shared)
+    s = PtSession(fs)
+    ino = s.lookup(b"sub")
+    with fs._node(ino) as node:
+        fs.forget(ino, 1)
+        assert fs.node_count == 1  # gone from the table at once...
+        os.fstat(node.fd)  # ...but still open for the operation in flight
+    with pytest.raises(OSError) as e:
+        os.fstat(node.fd)
+    assert e.value.errno == errno.EBADF
+    ino, fh = s.create(1, b"f")
+    with fs._file(fh) as f:
+        fs.release(ino, fh, 0)
+        os.fstat(f.fd)
+    with pytest.raises(OSError):
+        os.fstat(f.fd)
+    fs.close()

@@ -22,7 +22,9 @@ import os
 import stat
 import threading
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from . import abi
 from .filesystem import (
@@ -80,17 +82,29 @@ def _proc(fd: int) -> str:
 
 
 @dataclass(eq=False)
-class _Node:
-    fd: int  # O_PATH
-    key: tuple[int, int]  # (st_dev, st_ino)
-    mode: int  # file type bits, fixed for the inode's life
-    refs: int = 0
+class _Fd:
+    """A descriptor the guest can name. ``busy`` pins it: a FORGET or RELEASE racing an
+    operation on another worker only marks it ``dead``; the last user closes it, so a
+    descriptor number is never reused under a running operation."""
+
+    fd: int
+    busy: int = 0
+    dead: bool = False
 
 
 @dataclass(eq=False)
-class _Dir:
-    fd: int  # O_RDONLY | O_DIRECTORY
+class _Node(_Fd):
+    key: tuple[int, int] = (0, 0)  # (st_dev, st_ino)
+    mode: int = 0  # file type bits, fixed for the inode's life
+    refs: int = 0  # the guest's lookup count
+
+
+@dataclass(eq=False)
+class _Dir(_Fd):
     entries: list[DirEntry] = field(default_factory=list)
+
+
+_T = TypeVar("_T", bound=_Fd)
 
 
 # The *at calls Python's os module cannot make: on an O_PATH descriptor itself
@@ -141,7 +155,7 @@ def _time(valid: int, set_bit: int, now_bit: int, ns: int) -> tuple[int, int]:
 
 
 class PassthroughFS(FileSystem):
-    """Serves the directory ``root``. Thread-safe: node and handle tables are locked."""
+    """Serves the directory ``root``. Thread-safe: tables are locked, descriptors pinned."""
 
     def __init__(
         self,
@@ -153,7 +167,7 @@ class PassthroughFS(FileSystem):
     ) -> None:
         fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         st = os.fstat(fd)
-        self._root = _Node(fd, (st.st_dev, st.st_ino), stat.S_IFDIR, 1)
+        self._root = _Node(fd, key=(st.st_dev, st.st_ino), mode=stat.S_IFDIR, refs=1)
         self.policy = policy
         self.readonly = readonly
         self.xattr = xattr
@@ -167,24 +181,24 @@ class PassthroughFS(FileSystem):
         )
         self._as_root = os.geteuid() == 0
         self._lock = threading.Lock()
-        self._nodes: dict[int, _Node] = {}
-        self._by_key: dict[tuple[int, int], int] = {}
-        self._files: dict[int, int] = {}
+        self._nodes: dict[int, _Node] = {abi.ROOT_ID: self._root}
+        self._by_key: dict[tuple[int, int], int] = {self._root.key: abi.ROOT_ID}
+        self._files: dict[int, _Fd] = {}
         self._dirs: dict[int, _Dir] = {}
-        self._next_node = 2
+        self._next_node = abi.ROOT_ID + 1
         self._next_fh = 1
-        self._reset()
 
     # --- session -------------------------------------------------------------------------
     def _reset(self) -> None:
         with self._lock:
-            fds = [n.fd for n in self._nodes.values() if n is not self._root]
-            fds += list(self._files.values()) + [d.fd for d in self._dirs.values()]
+            gone: list[_Fd] = [n for n in self._nodes.values() if n is not self._root]
+            gone += [*self._files.values(), *self._dirs.values()]
             self._nodes = {abi.ROOT_ID: self._root}
             self._by_key = {self._root.key: abi.ROOT_ID}
-            self._files.clear()
-            self._dirs.clear()
-        for fd in fds:
+            self._files = {}
+            self._dirs = {}
+            to_close = [o.fd for o in gone if self._retire(o)]
+        for fd in to_close:
             os.close(fd)
 
     def init(self, capable: int) -> int:
@@ -203,21 +217,52 @@ class PassthroughFS(FileSystem):
         """Nodes the guest holds (the root included): open O_PATH descriptors."""
         return len(self._nodes)
 
-    # --- helpers ------------------------------------------------------------------------------
-    def _node(self, ino: int) -> _Node:
-        node = self._nodes.get(ino)
-        if node is None:
-            raise fs_error(errno.ESTALE)
-        return node
+    # --- pinning ---------------------------------------------------------------------------
+    @contextmanager
+    def _hold(self, table: dict[int, _T], key: int, err: int) -> Iterator[_T]:
+        with self._lock:
+            obj = table.get(key)
+            if obj is None:
+                raise fs_error(err)
+            obj.busy += 1
+        try:
+            yield obj
+        finally:
+            with self._lock:
+                obj.busy -= 1
+                close = obj.dead and obj.busy == 0
+            if close:
+                os.close(obj.fd)
 
-    def _fd(self, ino: int) -> int:
-        return self._node(ino).fd
+    @staticmethod
+    def _retire(obj: _Fd) -> bool:
+        """Under the lock: mark dead; True if the caller should close it now."""
+        obj.dead = True
+        return obj.busy == 0
 
-    def _file(self, fh: int) -> int:
-        fd = self._files.get(fh)
-        if fd is None:
-            raise fs_error(errno.EBADF)
-        return fd
+    def _node(self, ino: int) -> AbstractContextManager[_Node]:
+        return self._hold(self._nodes, ino, errno.ESTALE)
+
+    def _file(self, fh: int) -> AbstractContextManager[_Fd]:
+        return self._hold(self._files, fh, errno.EBADF)
+
+    def _dir(self, fh: int) -> AbstractContextManager[_Dir]:
+        return self._hold(self._dirs, fh, errno.EBADF)
+
+    def _new_fh(self, table: dict[int, _T], obj: _T) -> int:
+        with self._lock:
+            fh = self._next_fh
+            self._next_fh += 1
+            table[fh] = obj
+        return fh
+
+    def _drop_fh(self, table: dict[int, _T], fh: int) -> None:
+        with self._lock:
+            obj = table.pop(fh, None)
+            close = obj is not None and self._retire(obj)
+        if close:
+            assert obj is not None
+            os.close(obj.fd)
 
     def _writable(self) -> None:
         if self.readonly:
@@ -225,7 +270,8 @@ class PassthroughFS(FileSystem):
 
     def _entry(self, parent: int, name: bytes) -> Entry:
         """Resolve ``name`` in ``parent`` and count one lookup of its node."""
-        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._fd(parent))
+        with self._node(parent) as p:
+            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=p.fd)
         try:
             st = os.fstat(fd)
         except BaseException:
@@ -235,12 +281,11 @@ class PassthroughFS(FileSystem):
         with self._lock:
             ino = self._by_key.get(key)
             if ino is not None:
-                node = self._nodes[ino]
-                node.refs += 1
+                self._nodes[ino].refs += 1
             else:
                 ino = self._next_node
                 self._next_node += 1
-                self._nodes[ino] = _Node(fd, key, stat.S_IFMT(st.st_mode), 1)
+                self._nodes[ino] = _Node(fd, key=key, mode=stat.S_IFMT(st.st_mode), refs=1)
                 self._by_key[key] = ino
                 fd = -1
         if fd >= 0:
@@ -267,54 +312,60 @@ class PassthroughFS(FileSystem):
                 return
             del self._nodes[ino]
             del self._by_key[node.key]
-        os.close(node.fd)
+            close = self._retire(node)
+        if close:
+            os.close(node.fd)
 
     def getattr(self, ino: int, fh: int | None) -> tuple[Attr, Timeouts]:
-        return attr_of_stat(os.fstat(self._fd(ino))), self._timeouts
+        with self._node(ino) as node:
+            return attr_of_stat(os.fstat(node.fd)), self._timeouts
 
     def setattr(
         self, ino: int, valid: int, values: SetAttr, fh: int | None
     ) -> tuple[Attr, Timeouts]:
         self._writable()
-        node = self._node(ino)
-        if valid & abi.FATTR_MODE:
-            if node.mode == stat.S_IFLNK:
-                raise fs_error(errno.EOPNOTSUPP)  # Linux has no lchmod
-            os.chmod(_proc(node.fd), stat.S_IMODE(values.mode))
-        if valid & (abi.FATTR_UID | abi.FATTR_GID):
-            uid = values.uid if valid & abi.FATTR_UID else -1
-            gid = values.gid if valid & abi.FATTR_GID else -1
-            _fchown(node.fd, uid, gid)
-        if valid & abi.FATTR_SIZE:
-            if node.mode != stat.S_IFREG:
-                raise fs_error(errno.EISDIR if node.mode == stat.S_IFDIR else errno.EINVAL)
-            if fh is not None and fh in self._files:
-                os.ftruncate(self._files[fh], values.size)
-            else:
-                os.truncate(_proc(node.fd), values.size)
-        times = abi.FATTR_ATIME | abi.FATTR_MTIME | abi.FATTR_ATIME_NOW | abi.FATTR_MTIME_NOW
-        if valid & times:
-            _futimens(
-                node.fd,
-                _time(valid, abi.FATTR_ATIME, abi.FATTR_ATIME_NOW, values.atime_ns),
-                _time(valid, abi.FATTR_MTIME, abi.FATTR_MTIME_NOW, values.mtime_ns),
-            )
-        return self.getattr(ino, fh)
+        with self._node(ino) as node:
+            if valid & abi.FATTR_MODE:
+                if node.mode == stat.S_IFLNK:
+                    raise fs_error(errno.EOPNOTSUPP)  # Linux has no lchmod
+                os.chmod(_proc(node.fd), stat.S_IMODE(values.mode))
+            if valid & (abi.FATTR_UID | abi.FATTR_GID):
+                uid = values.uid if valid & abi.FATTR_UID else -1
+                gid = values.gid if valid & abi.FATTR_GID else -1
+                _fchown(node.fd, uid, gid)
+            if valid & abi.FATTR_SIZE:
+                if node.mode != stat.S_IFREG:
+                    raise fs_error(errno.EISDIR if node.mode == stat.S_IFDIR else errno.EINVAL)
+                if fh is not None and fh in self._files:
+                    with self._file(fh) as f:
+                        os.ftruncate(f.fd, values.size)
+                else:
+                    os.truncate(_proc(node.fd), values.size)
+            times = abi.FATTR_ATIME | abi.FATTR_MTIME | abi.FATTR_ATIME_NOW | abi.FATTR_MTIME_NOW
+            if valid & times:
+                _futimens(
+                    node.fd,
+                    _time(valid, abi.FATTR_ATIME, abi.FATTR_ATIME_NOW, values.atime_ns),
+                    _time(valid, abi.FATTR_MTIME, abi.FATTR_MTIME_NOW, values.mtime_ns),
+                )
+            return attr_of_stat(os.fstat(node.fd)), self._timeouts
 
     def readlink(self, ino: int) -> bytes:
-        node = self._node(ino)
-        if node.mode != stat.S_IFLNK:
-            raise fs_error(errno.EINVAL)
-        return os.readlink(b"", dir_fd=node.fd)
+        with self._node(ino) as node:
+            if node.mode != stat.S_IFLNK:
+                raise fs_error(errno.EINVAL)
+            return os.readlink(b"", dir_fd=node.fd)
 
     def access(self, ino: int, mask: int, uid: int, gid: int) -> None:
-        st = os.fstat(self._fd(ino))
+        with self._node(ino) as node:
+            st = os.fstat(node.fd)
         if mask & os.W_OK and self.readonly:
             raise fs_error(errno.EROFS)
         check_access(st.st_mode, st.st_uid, st.st_gid, mask, uid, gid)
 
     def statfs(self, ino: int) -> StatFs:
-        v = os.statvfs(self._fd(ino))
+        with self._node(ino) as node:
+            v = os.statvfs(node.fd)
         return StatFs(
             v.f_blocks,
             v.f_bfree,
@@ -327,70 +378,72 @@ class PassthroughFS(FileSystem):
         )
 
     # --- xattrs: through /proc for files and directories; symlinks have none for us --------
-    def _xattr_path(self, ino: int) -> str:
+    @contextmanager
+    def _xattr_path(self, ino: int) -> Iterator[str]:
         if not self.xattr:
             raise fs_error(errno.ENOTSUP)
-        node = self._node(ino)
-        if node.mode not in (stat.S_IFREG, stat.S_IFDIR):
-            raise fs_error(errno.ENOTSUP)
-        return _proc(node.fd)
+        with self._node(ino) as node:
+            if node.mode not in (stat.S_IFREG, stat.S_IFDIR):
+                raise fs_error(errno.ENOTSUP)
+            yield _proc(node.fd)
 
     def getxattr(self, ino: int, name: bytes) -> bytes:
-        return os.getxattr(self._xattr_path(ino), name)
+        with self._xattr_path(ino) as path:
+            return os.getxattr(path, name)
 
     def listxattr(self, ino: int) -> list[bytes]:
-        return [n.encode("utf-8", "surrogateescape") for n in os.listxattr(self._xattr_path(ino))]
+        with self._xattr_path(ino) as path:
+            return [n.encode("utf-8", "surrogateescape") for n in os.listxattr(path)]
 
     def setxattr(self, ino: int, name: bytes, value: bytes, flags: int) -> None:
         self._writable()
-        os.setxattr(self._xattr_path(ino), name, value, flags)
+        with self._xattr_path(ino) as path:
+            os.setxattr(path, name, value, flags)
 
     def removexattr(self, ino: int, name: bytes) -> None:
         self._writable()
-        os.removexattr(self._xattr_path(ino), name)
+        with self._xattr_path(ino) as path:
+            os.removexattr(path, name)
 
     # --- files ---------------------------------------------------------------------------------
-    def _add_file(self, fd: int) -> int:
-        with self._lock:
-            fh = self._next_fh
-            self._next_fh += 1
-            self._files[fh] = fd
-        return fh
-
     def open(self, ino: int, flags: int) -> tuple[int, int]:
-        node = self._node(ino)
-        if node.mode == stat.S_IFDIR:
-            raise fs_error(errno.EISDIR)
-        if node.mode == stat.S_IFLNK:
-            raise fs_error(errno.ELOOP)  # reopening it through /proc would follow it
-        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
-            self._writable()
-        # No O_NOFOLLOW here: /proc/self/fd/N is itself a (magic) link to the inode.
-        fd = os.open(_proc(node.fd), (flags & ~_OPEN_STRIP) | os.O_CLOEXEC)
-        return self._add_file(fd), self._open_flags
+        with self._node(ino) as node:
+            if node.mode == stat.S_IFDIR:
+                raise fs_error(errno.EISDIR)
+            if node.mode == stat.S_IFLNK:
+                raise fs_error(errno.ELOOP)  # reopening it through /proc would follow it
+            if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+                self._writable()
+            # No O_NOFOLLOW here: /proc/self/fd/N is itself a (magic) link to the inode.
+            fd = os.open(_proc(node.fd), (flags & ~_OPEN_STRIP) | os.O_CLOEXEC)
+        return self._new_fh(self._files, _Fd(fd)), self._open_flags
 
     def read(self, ino: int, fh: int, offset: int, size: int) -> bytes:
-        return os.pread(self._file(fh), size, offset)
+        with self._file(fh) as f:
+            return os.pread(f.fd, size, offset)
 
     def write(self, ino: int, fh: int, offset: int, data: memoryview, flags: int) -> int:
         self._writable()
-        return os.pwrite(self._file(fh), data, offset)
+        with self._file(fh) as f:
+            return os.pwrite(f.fd, data, offset)
 
     def lseek(self, ino: int, fh: int, offset: int, whence: int) -> int:
-        return os.lseek(self._file(fh), offset, whence)
+        with self._file(fh) as f:
+            return os.lseek(f.fd, offset, whence)
 
     def fsync(self, ino: int, fh: int, datasync: bool) -> None:
-        fd = self._file(fh)
-        if datasync:
-            os.fdatasync(fd)
-        else:
-            os.fsync(fd)
+        with self._file(fh) as f:
+            if datasync:
+                os.fdatasync(f.fd)
+            else:
+                os.fsync(f.fd)
 
     def fallocate(self, ino: int, fh: int, offset: int, length: int, mode: int) -> None:
         self._writable()
         if mode:
             raise fs_error(errno.EOPNOTSUPP)  # punch-hole / zero-range not passed through
-        os.posix_fallocate(self._file(fh), offset, length)
+        with self._file(fh) as f:
+            os.posix_fallocate(f.fd, offset, length)
 
     def copy_file_range(
         self,
@@ -404,35 +457,28 @@ class PassthroughFS(FileSystem):
         flags: int,
     ) -> int:
         self._writable()
-        return os.copy_file_range(self._file(fh_in), self._file(fh_out), length, off_in, off_out)
+        with self._file(fh_in) as fin, self._file(fh_out) as fout:
+            return os.copy_file_range(fin.fd, fout.fd, length, off_in, off_out)
 
     def release(self, ino: int, fh: int, flags: int) -> None:
-        with self._lock:
-            fd = self._files.pop(fh, None)
-        if fd is not None:
-            os.close(fd)
+        self._drop_fh(self._files, fh)
 
     # --- directories ----------------------------------------------------------------------------
     def opendir(self, ino: int, flags: int) -> tuple[int, int]:
-        node = self._node(ino)
-        if node.mode != stat.S_IFDIR:
-            raise fs_error(errno.ENOTDIR)
-        fd = os.open(_proc(node.fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        with self._lock:
-            fh = self._next_fh
-            self._next_fh += 1
-            self._dirs[fh] = _Dir(fd)
+        with self._node(ino) as node:
+            if node.mode != stat.S_IFDIR:
+                raise fs_error(errno.ENOTDIR)
+            fd = os.open(_proc(node.fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fh = self._new_fh(self._dirs, _Dir(fd))
         return fh, abi.FOPEN_CACHE_DIR | abi.FOPEN_KEEP_CACHE if self.policy.keep_cache else 0
 
     def readdir(self, ino: int, fh: int, offset: int) -> Iterator[DirEntry]:
         """A snapshot taken when the guest reads from offset 0 (opendir or rewinddir);
         cookies are positions in it, so a listing resumes correctly while names change."""
-        d = self._dirs.get(fh)
-        if d is None:
-            raise fs_error(errno.EBADF)
-        if offset == 0 or not d.entries:
-            d.entries = self._snapshot(d.fd)
-        return iter(d.entries[offset:])
+        with self._dir(fh) as d:
+            if offset == 0 or not d.entries:
+                d.entries = self._snapshot(d.fd)
+            return iter(d.entries[offset:])
 
     def _snapshot(self, fd: int) -> list[DirEntry]:
         me = os.fstat(fd).st_ino
@@ -448,14 +494,10 @@ class PassthroughFS(FileSystem):
         return out
 
     def releasedir(self, ino: int, fh: int) -> None:
-        with self._lock:
-            d = self._dirs.pop(fh, None)
-        if d is not None:
-            os.close(d.fd)
+        self._drop_fh(self._dirs, fh)
 
     def fsyncdir(self, ino: int, fh: int, datasync: bool) -> None:
-        d = self._dirs.get(fh)
-        if d is not None:
+        with self._dir(fh) as d:
             os.fsync(d.fd)
 
     # --- namespace mutations ----------------------------------------------------------------------
@@ -463,63 +505,70 @@ class PassthroughFS(FileSystem):
         self, ctx: Context, parent: int, name: bytes, mode: int, rdev: int, umask: int
     ) -> Entry:
         self._writable()
-        pfd = self._fd(parent)
-        os.mknod(name, mode, _decode_dev(rdev), dir_fd=pfd)
-        self._chown_new(ctx, pfd, name)
+        with self._node(parent) as p:
+            os.mknod(name, mode, _decode_dev(rdev), dir_fd=p.fd)
+            self._chown_new(ctx, p.fd, name)
         return self._entry(parent, name)
 
     def mkdir(self, ctx: Context, parent: int, name: bytes, mode: int, umask: int) -> Entry:
         self._writable()
-        pfd = self._fd(parent)
-        os.mkdir(name, mode, dir_fd=pfd)
-        self._chown_new(ctx, pfd, name)
+        with self._node(parent) as p:
+            os.mkdir(name, mode, dir_fd=p.fd)
+            self._chown_new(ctx, p.fd, name)
         return self._entry(parent, name)
 
     def symlink(self, ctx: Context, parent: int, name: bytes, target: bytes) -> Entry:
         self._writable()
-        pfd = self._fd(parent)
-        os.symlink(target, name, dir_fd=pfd)
-        self._chown_new(ctx, pfd, name)
+        with self._node(parent) as p:
+            os.symlink(target, name, dir_fd=p.fd)
+            self._chown_new(ctx, p.fd, name)
         return self._entry(parent, name)
 
     def link(self, ino: int, newparent: int, newname: bytes) -> Entry:
         self._writable()
-        node = self._node(ino)
-        if node.mode == stat.S_IFDIR:
-            raise fs_error(errno.EPERM)
-        _link(node.fd, self._fd(newparent), newname)
+        with self._node(ino) as node, self._node(newparent) as p:
+            if node.mode == stat.S_IFDIR:
+                raise fs_error(errno.EPERM)
+            _link(node.fd, p.fd, newname)
         return self._entry(newparent, newname)
 
     def unlink(self, parent: int, name: bytes) -> None:
         self._writable()
-        os.unlink(name, dir_fd=self._fd(parent))
+        with self._node(parent) as p:
+            os.unlink(name, dir_fd=p.fd)
 
     def rmdir(self, parent: int, name: bytes) -> None:
         self._writable()
-        os.rmdir(name, dir_fd=self._fd(parent))
+        with self._node(parent) as p:
+            os.rmdir(name, dir_fd=p.fd)
 
     def rename(self, parent: int, name: bytes, newparent: int, newname: bytes, flags: int) -> None:
         self._writable()
-        _renameat2(self._fd(parent), name, self._fd(newparent), newname, flags)
+        with self._node(parent) as p, self._node(newparent) as q:
+            _renameat2(p.fd, name, q.fd, newname, flags)
 
     def create(
         self, ctx: Context, parent: int, name: bytes, flags: int, mode: int, umask: int
     ) -> tuple[Entry, int, int]:
         self._writable()
-        pfd = self._fd(parent)
-        fd = os.open(
-            name,
-            (flags & ~os.O_NOCTTY) | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
-            mode,
-            dir_fd=pfd,
-        )
+        with self._node(parent) as p:
+            fd = os.open(
+                name,
+                (flags & ~os.O_NOCTTY) | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                mode,
+                dir_fd=p.fd,
+            )
+            try:
+                self._chown_new(ctx, p.fd, name)
+            except BaseException:
+                os.close(fd)
+                raise
         try:
-            self._chown_new(ctx, pfd, name)
             entry = self._entry(parent, name)
         except BaseException:
             os.close(fd)
             raise
-        return entry, self._add_file(fd), self._open_flags
+        return entry, self._new_fh(self._files, _Fd(fd)), self._open_flags
 
     def tmpfile(
         self, ctx: Context, parent: int, flags: int, mode: int, umask: int
