@@ -70,12 +70,17 @@ class Pipeline:
         self.in_view = mem.view(self.in_base, self.in_stride * depth)
         self.out_view = mem.view(self.out_base, self.out_stride * depth)
         self.slots: list[Slot] = []
+        # Heads 0..depth-1 when they are free: then a used id *is* the slot number.
+        self.identity = self.ring.reserve(range(depth * per_chain))
         for s in range(depth):
             in_gpa = self.in_base + s * self.in_stride
             out_gpa = self.out_base + s * self.out_stride
             mem.write(in_gpa, template)
             bufs = [Buf(in_gpa, len(template)), Buf(out_gpa, self.out_len, True)]
-            head = self.ring.add_indirect(bufs) if indirect else self.ring.add_chain(bufs)
+            if indirect:
+                head = self.ring.add_indirect(bufs, s if self.identity else None)
+            else:
+                head = self.ring.add_chain(bufs, [s, depth + s] if self.identity else None)
             self.slots.append(Slot(head, in_gpa, out_gpa))
         self.by_head = {sl.head: i for i, sl in enumerate(self.slots)}
         self.head_of = [sl.head for sl in self.slots]
@@ -123,11 +128,16 @@ class Pipeline:
             heads = words[1 + 2 * start :: 2].tolist() + words[1 : 1 + 2 * wrap : 2].tolist()
             lens = [words[2 + 2 * start :: 2], words[2 : 2 + 2 * wrap : 2]]
         ring.last_used = (ring.last_used + n) & 0xFFFF
-        by_head = self.by_head
-        try:
-            slots = [by_head[h] for h in heads]
-        except KeyError as e:
-            raise PipelineError(f"queue {self.q.index}: used id {e} is not in flight") from None
+        if self.identity:
+            slots = heads
+            if max(heads) >= self.depth:
+                raise PipelineError(f"queue {self.q.index}: used id {max(heads)} not in flight")
+        else:
+            by_head = self.by_head
+            try:
+                slots = [by_head[h] for h in heads]
+            except KeyError as e:
+                raise PipelineError(f"queue {self.q.index}: used id {e} not in flight") from None
         if self.expect_len is not None:
             for part in lens:
                 if part != _same_u32(self.expect_len, len(part)):

@@ -101,3 +101,23 @@ def test_pipeline_raises_on_error_replies(frontend_on: FrontendFactory) -> None:
     with pytest.raises(OSError) as e:
         run(fe, [pipe], seconds=1.0)
     assert e.value.errno == errno.EBADF
+
+
+@pytest.mark.parametrize("identity", [True, False])
+def test_pipeline_reads_correct_data(
+    frontend_on: FrontendFactory, tree: Path, identity: bool
+) -> None:
+    fe, _ = frontend_on()
+    fs = FuseClient(fe)
+    fs.init()
+    node = fs.lookup(fa.ROOT_ID, b"big.bin").nodeid
+    fh = fs.open(node).fh
+    held = [] if identity else fe.queues[1].ring.take(1)  # descriptor 0 busy: mapped heads
+    tmpl = fa.request(fa.Op.READ, 0, node, fa.read_in(fh, 8192, 4096))
+    pipe = Pipeline(fe, 1, 8, tmpl, 4096, expect_len=16 + 4096)
+    assert pipe.identity is identity and held is not None
+    stats = run(fe, [pipe], seconds=0.2)
+    assert stats.completed > 0
+    want = (tree / "big.bin").read_bytes()[8192 : 8192 + 4096]
+    for s in range(8):
+        assert fe.mem.read(pipe.slots[s].out_gpa + 16, 4096) == want

@@ -166,11 +166,27 @@ class SplitRing:
 
     # ------------------------------------------------------------ chains
 
-    def add_chain(self, bufs: Sequence[Buf]) -> int:
-        """Descriptors for BUFS linked with NEXT; return the head (not yet made available)."""
-        if not bufs or len(bufs) > len(self.free):
+    def reserve(self, indices: Sequence[int]) -> bool:
+        """Take exactly these descriptor indices off the free list, if all are free."""
+        want = set(indices)
+        if not want <= set(self.free):
+            return False
+        self.free = [i for i in self.free if i not in want]
+        return True
+
+    def add_chain(self, bufs: Sequence[Buf], indices: Sequence[int] | None = None) -> int:
+        """Descriptors for BUFS linked with NEXT; return the head (not yet made available).
+
+        INDICES: descriptors already `reserve`d to use instead of free ones.
+        """
+        if indices is not None:
+            if len(indices) != len(bufs):
+                raise ValueError(f"{len(indices)} indices for {len(bufs)} buffers")
+            idx = list(indices)
+        elif not bufs or len(bufs) > len(self.free):
             raise MemoryError(f"{len(bufs)} descriptors wanted, {len(self.free)} free")
-        idx = [self.free.pop() for _ in bufs]
+        else:
+            idx = [self.free.pop() for _ in bufs]
         for k, b in enumerate(bufs):
             last = k == len(bufs) - 1
             flags = (F_WRITE if b.writable else 0) | (0 if last else F_NEXT)
@@ -178,9 +194,9 @@ class SplitRing:
         self.chains[idx[0]] = idx
         return idx[0]
 
-    def add_indirect(self, bufs: Sequence[Buf]) -> int:
-        """One descriptor pointing at an indirect table holding BUFS."""
-        head = self.add_chain([Buf(0, 0)])
+    def add_indirect(self, bufs: Sequence[Buf], head: int | None = None) -> int:
+        """One descriptor (HEAD if reserved, else a free one) pointing at a table of BUFS."""
+        head = self.add_chain([Buf(0, 0)], None if head is None else [head])
         gpa, cap = self._indirect.get(head, (0, 0))
         if cap < len(bufs):
             cap = max(16, len(bufs))
