@@ -12,8 +12,10 @@ Contracts
 - Node ids: ``ROOT_ID`` (1) is the root. A node id handed to the guest (in an ``Entry``)
   stays valid until its lookup count drops to zero.
 - Lookup counts: every ``Entry`` returned by ``lookup``, ``readdirplus_entry``, ``create``,
-  ``mknod``, ``mkdir``, ``symlink`` and ``link`` adds one to that node's lookup count.
-  ``forget(ino, n)`` subtracts ``n``. At zero the file system may drop the node.
+  ``mknod``, ``mkdir``, ``symlink`` and ``link`` adds one to that node's lookup count
+  (a negative entry, ino 0, is not a lookup). The server asks ``readdirplus_entry`` only
+  for records it is about to send. ``forget(ino, n)`` subtracts ``n``; at zero the file
+  system may drop the node. A node id it does not know gets ESTALE.
   ``init`` starts a new session: every count is zero, every open handle is gone.
 - Handles: ``open``/``opendir`` return ``(fh, open_flags)``; the guest passes ``fh``
   back on read/readdir/release. A file system may return 0 when it keeps no state.

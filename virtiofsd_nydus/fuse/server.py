@@ -22,8 +22,9 @@ from .filesystem import Attr, Context, Entry, FileSystem, SetAttr, Timeouts
 
 log = logging.getLogger(__name__)
 
-# What a read-only image server asks of the guest (ANDed with what it offers);
-# the file system adds its own wishes in FileSystem.init.
+# What every session asks of the guest (ANDed with what it offers): parallel, async,
+# big requests, READDIRPLUS, cached symlinks. The file system adds its own wishes in
+# FileSystem.init (PseudoFS: SUBMOUNTS).
 DEFAULT_WANT: Final = (
     abi.ASYNC_READ
     | abi.PARALLEL_DIROPS
@@ -43,7 +44,6 @@ _HDR: Final = abi.IN_HEADER.size
 _OUT: Final = abi.OUT_HEADER.size
 _ERRNO_MAX: Final = 4095
 _MAX_OFFSET: Final = (1 << 63) - 1
-_NUL: Final = 0
 
 
 class Request:
