@@ -24,7 +24,7 @@ from virtiofsd_nydus.fuse.fastpath import FastPath
 from virtiofsd_nydus.fuse.filesystem import CachePolicy
 from virtiofsd_nydus.fuse.imagefs import ImageFS
 from virtiofsd_nydus.fuse.server import Server
-from virtiofsd_nydus.storage import ChunkStore, LocalFsBackend
+from virtiofsd_nydus.storage import CacheDir, ChunkStore, LocalFsBackend
 from virtiofsd_nydus.vhost.vring import Virtqueue
 
 MIB = 1 << 20
@@ -100,7 +100,7 @@ class Rig:
         self,
         bs: Bootstrap,
         blob_dir: Path,
-        cache_dir: Path,
+        cache_dir: Path | CacheDir,
         *,
         policy: CachePolicy = CachePolicy.ALWAYS,
         warm: bool = True,
