@@ -4,6 +4,10 @@ Queue 0 is hiprio (FORGET, BATCH_FORGET: no reply, used length 0); queues 1..N c
 requests. With a thread pool, requests run on its workers (a cache miss may block on a
 backend) and complete on the event loop, since a queue is not thread-safe; without one
 they run inline on the loop, as virtiofsd's default single worker does.
+
+With a ``FastPath`` (fuse/fastpath.py), request queues pop through its C drain: hot
+requests (LOOKUP, GETATTR, READ of cached chunks) are answered in C, and only the rest
+reach ``handle`` as Chain objects.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import structlog
 
+from ..fuse.fastpath import FastPath
 from ..fuse.server import Server
 from ..vhost.device import VirtioDevice
 from ..vhost.vring import Chain, Virtqueue
@@ -52,10 +57,12 @@ class VirtioFsDevice(VirtioDevice):
         num_request_queues: int = 1,
         tag: str | None = None,
         thread_pool_size: int = 0,
+        fastpath: FastPath | None = None,
     ) -> None:
         if not 1 <= num_request_queues <= 64:
             raise ValueError("num_request_queues must be 1..64")
         self.server = server
+        self.fastpath = fastpath  # owned: closed with the device
         self.num_queues = 1 + num_request_queues
         self.max_queue_size = 1024
         self._config = config_space(tag, num_request_queues) if tag else None
@@ -67,6 +74,10 @@ class VirtioFsDevice(VirtioDevice):
 
     def config(self) -> bytes | None:
         return self._config
+
+    def queue_started(self, queue: Virtqueue) -> None:
+        if self.fastpath is not None and queue.index != HIPRIO_QUEUE:
+            queue.fast_drain = self.fastpath
 
     def handle(self, queue: Virtqueue, chains: Sequence[Chain]) -> None:
         if self._pool is None:
@@ -81,6 +92,8 @@ class VirtioFsDevice(VirtioDevice):
     def _serve(self, chain: Chain) -> int:
         """Answer one chain; the number of reply bytes written into it."""
         reply = self.server.handle(chain.read(), chain.write_len)
+        if self.fastpath is not None:
+            self.fastpath.sync_session()  # before the reply: INIT/DESTROY reach C first
         if reply is None:
             return 0
         return chain.write(reply)
@@ -89,7 +102,11 @@ class VirtioFsDevice(VirtioDevice):
         # A new connection or a device reset means a new guest session: the next INIT
         # resets the FUSE session anyway, but forget lookup counts and handles now.
         self.server.reset()
+        if self.fastpath is not None:
+            self.fastpath.sync_session()
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+        if self.fastpath is not None:
+            self.fastpath.close()
