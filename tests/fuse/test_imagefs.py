@@ -105,6 +105,12 @@ def test_lookup_and_getattr(s: ImageSession, image: Built) -> None:
     assert (private["uid"], private["gid"]) == (1000, 100)
 
 
+def test_blocks_count_stored_chunks_so_holes_show(s: ImageSession) -> None:
+    assert s.getattr(s.lookup(b"allhole"))["blocks"] == 0
+    assert s.getattr(s.lookup(b"sparse"))["blocks"] == 3 * CS // 512  # chunks 1, 4 and 5
+    assert s.getattr(s.lookup(b"big"))["blocks"] == (len(BIG_DATA) + 511) // 512
+
+
 def test_device_numbers_use_the_kernels_encoding(s: ImageSession) -> None:
     null = s.getattr(s.lookup(b"null"))
     assert stat.S_ISCHR(null["mode"]) and null["rdev"] == (1 << 8) | 3

@@ -76,14 +76,17 @@ def encode_rdev(rdev: int) -> int:
     return ((minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)) & 0xFFFFFFFF
 
 
-def attr_of(node: Inode) -> Attr:
+def attr_of(node: Inode, chunk_size: int) -> Attr:
     sec = node.mtime_sec & _U64  # fuse_attr times are u64 carrying an s64
     nsec = node.mtime_nsec
     size = node.size
+    # Blocks count stored chunks, so holes show (du, cp --sparse and tar look at this);
+    # a short last chunk may be counted whole when the file also has holes.
+    stored = min(node.data_count * chunk_size, size) if node.is_reg else size
     return Attr(
         node.ino,
         size,
-        (size + 511) >> 9,
+        (stored + 511) >> 9,
         sec,
         sec,
         sec,
@@ -158,7 +161,7 @@ class ImageFS(FileSystem):
         return self.bs.inode(ino)
 
     def _counted(self, ino: int) -> Entry:
-        entry = Entry(ino, attr_of(self._inode(ino)), self._timeouts)
+        entry = Entry(ino, attr_of(self._inode(ino), self.bs.chunk_size), self._timeouts)
         if self._shared is not None:
             self._shared.add(ino)
             return entry
@@ -196,7 +199,7 @@ class ImageFS(FileSystem):
                 self.lookups.pop(ino, None)
 
     def getattr(self, ino: int, fh: int | None) -> tuple[Attr, Timeouts]:
-        return attr_of(self._inode(ino)), self._timeouts
+        return attr_of(self._inode(ino), self.bs.chunk_size), self._timeouts
 
     def readlink(self, ino: int) -> bytes:
         if not self._inode(ino).is_symlink:
