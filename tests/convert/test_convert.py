@@ -72,6 +72,11 @@ def test_docker_archive(source_image: tuple[Path, Path], tmp_path: Path) -> None
     out = tmp_path / "out"
     ok("convert", f"docker-archive:{archive}", out, "--chunk-size", "64K")
     assert_same_tree(reference, unpack_tree(out, tmp_path))
+    index = json.loads((out / "index.json").read_text())
+    assert index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"] == "v1"
+    ok("convert", f"docker-archive:{archive}:x/y:v1", tmp_path / "by-ref", "--chunk-size", "64K")
+    r = vnydus("convert", f"docker-archive:{archive}:x/y:v2", tmp_path / "o")
+    assert r.returncode == 1 and "no image 'x/y:v2'" in r.stderr
 
 
 def _boundary_dir(root: Path, cs: int) -> None:

@@ -83,7 +83,15 @@ def test_platform_from_index(source_image: tuple[Path, Path], tmp_path: Path) ->
     ]
     (layout / "index.json").write_text(json.dumps(index))
     out_amd, out_arm = tmp_path / "amd", tmp_path / "arm"
-    ok("convert", f"oci:{layout}:multi", out_amd, "--platform", "linux/amd64", "--chunk-size", "64K")
+    ok(
+        "convert",
+        f"oci:{layout}:multi",
+        out_amd,
+        "--platform",
+        "linux/amd64",
+        "--chunk-size",
+        "64K",
+    )
     assert_same_tree(source_image[1], unpack_tree(out_amd, tmp_path / "a"))
     ok("convert", f"oci:{layout}:multi", out_arm, "--platform", "linux/arm64/v8")
     paths = {line.split("\t")[-1] for line in ok("ls", out_arm).splitlines()}

@@ -92,6 +92,10 @@ def parse_source(text: str) -> SourceRef:
     if transport in ("oci", "docker-archive"):
         if os.path.exists(rest):
             return SourceRef(transport, rest)
+        # FILE:REF where REF may hold ':' itself (docker-archive:img.tar:repo:tag)
+        for i in (i for i, c in enumerate(rest) if c == ":"):
+            if os.path.exists(rest[:i]):
+                return SourceRef(transport, rest[:i], rest[i + 1 :] or None)
         path, colon, extra = rest.rpartition(":")
         if colon and path and "/" not in extra:
             return SourceRef(transport, path, extra or None)

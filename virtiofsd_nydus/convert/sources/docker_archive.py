@@ -9,12 +9,22 @@ import tarfile
 from collections.abc import Iterator
 from typing import IO, Any
 
-from ...errors import ImageError
+from ...errors import ImageError, LocalError
 from ..entries import Entry
 from ..manifest import layers_of, parse_json
+from ..reference import parse_registry_ref
 from .base import ImageSource, Layer, tar_layer_entries
 
 MAX_JSON = 16 << 20
+
+
+def _normalized(name: str) -> tuple[str, str, str | None] | None:
+    """``x/y:v1`` and ``docker.io/x/y:v1`` name the same image."""
+    try:
+        r = parse_registry_ref(name)
+    except LocalError:
+        return None
+    return r.registry, r.repository, r.tag
 
 
 class DockerArchiveSource(ImageSource):
@@ -62,8 +72,10 @@ class DockerArchiveSource(ImageSource):
             i = int(ref[1:])
             if i < len(manifest):
                 return dict(manifest[i])
+        want = _normalized(ref)
         for m in manifest:
-            if ref in (m.get("RepoTags") or []):
+            tags = [str(t) for t in m.get("RepoTags") or []]
+            if ref in tags or (want is not None and want in map(_normalized, tags)):
                 return dict(m)
         raise ImageError(f"{self.name}: no image {ref!r}")
 
