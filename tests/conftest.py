@@ -1,14 +1,18 @@
-"""Fixtures shared by every test area: short temp dirs and the reference virtiofsd."""
+"""Fixtures shared by every test area: short temp dirs, the reference virtiofsd and ours."""
 
 from __future__ import annotations
 
 import contextlib
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from _pytest.nodes import Item
+from _pytest.reports import TestReport
+from _pytest.runner import CallInfo
 
+from tests.vm.ours import OursFactory, our_virtiofsd
 from tests.vm.process import Daemon, short_tmpdir
 from tests.vm.reference import ReferenceFactory
 from tests.vm.reference import reference_virtiofsd as _reference_virtiofsd
@@ -44,3 +48,39 @@ def reference_virtiofsd(short_tmp: Path) -> Iterator[ReferenceFactory]:
             )
 
         yield start
+
+
+_DAEMONS = pytest.StashKey[list[Daemon]]()
+
+
+@pytest.fixture
+def vnydus_daemon(short_tmp: Path, request: pytest.FixtureRequest) -> Iterator[OursFactory]:
+    """Factory: vnydus_daemon(image=DIR | shared_dir=DIR, cache_dir=None, extra_args=()).
+
+    Starts virtiofsd-nydus on a fresh socket, returns the Daemon once it waits for a
+    front-end, and stops it at teardown. Its log is attached to the test's failure report.
+    One daemon per guest, as with virtiofsd.
+    """
+    started = request.node.stash.setdefault(_DAEMONS, [])
+    with contextlib.ExitStack() as stack:
+
+        def start(**kwargs: object) -> Daemon:
+            sock = short_tmp / f"ours{len(started) + 1}.sock"
+            daemon = stack.enter_context(our_virtiofsd(sock, **kwargs))  # type: ignore[arg-type]
+            started.append(daemon)
+            return daemon
+
+        yield start
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: Item, call: CallInfo[None]
+) -> Generator[None, TestReport, TestReport]:
+    """A failing test that started our daemon shows each daemon's log."""
+    report = yield
+    if report.when == "call" and report.failed and _DAEMONS in item.stash:
+        daemons: list[Daemon] = item.stash[_DAEMONS]
+        for i, daemon in enumerate(daemons, 1):
+            report.sections.append((f"virtiofsd-nydus #{i} log", daemon.log()[-8000:]))
+    return report
