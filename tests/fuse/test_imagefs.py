@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from virtiofsd_nydus.errors import BackendError
 from virtiofsd_nydus.fuse import abi
 from virtiofsd_nydus.fuse.abi import Opcode
-from virtiofsd_nydus.fuse.filesystem import CachePolicy
+from virtiofsd_nydus.fuse.filesystem import CachePolicy, FileRange
 from virtiofsd_nydus.fuse.imagefs import ImageFS, encode_rdev
 from virtiofsd_nydus.fuse.server import Server
 from virtiofsd_nydus.storage import CacheDir, ChunkStore, LocalFsBackend
@@ -27,6 +27,7 @@ from .wire import (
     BIG,
     ENTRY_NODEID,
     KERNEL_FLAGS,
+    BufferChain,
     attr_of_entry,
     cstr,
     dirents,
@@ -416,3 +417,75 @@ def test_over_the_real_chunk_store(image: Built, store: ChunkStore) -> None:
     ino = s.lookup(b"big")
     assert s.read(ino, 5, 100).payload == BIG_DATA[5:105]
     assert store.metrics.hits == fetched
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    name=st.sampled_from([b"big", b"sparse", b"allhole", b"hello", b"empty"]),
+    offset=st.integers(0, 6 * CS),
+    size=st.integers(0, 3 * CS),
+    seg=st.sampled_from([1, 7, 4096, 1 << 20]),
+)
+def test_handle_into_gathers_what_handle_returns(
+    image: Built, store: ChunkStore, name: bytes, offset: int, size: int, seg: int
+) -> None:
+    s = _store_session(image, store)
+    ino = s.lookup(name)
+    raw = request(Opcode.READ, read_in(0, offset, size), nodeid=ino, unique=9)
+    chain = BufferChain(raw, 16 + size + 100, seg)
+    n = s.srv.handle_into(chain)
+    assert bytes(chain.buf[:n]) == s.srv.handle(raw, 16 + size + 100)
+    assert parse(bytes(chain.buf[:n])).payload == EXPECTED[name][offset : offset + size]
+
+
+_store_sessions: dict[int, ImageSession] = {}
+
+
+def _store_session(image: Built, store: ChunkStore) -> ImageSession:
+    return _store_sessions.setdefault(id(store), ImageSession(ImageFS(image.bootstrap, store)))
+
+
+def test_handle_into_copies_cached_chunks_from_the_cache_file(
+    image: Built, store: ChunkStore
+) -> None:
+    s = _store_session(image, store)
+    ino = s.lookup(b"big")
+    s.read(ino, 0, len(BIG_DATA))  # everything cached
+    parts = s.fs.read_ranges(ino, 0, 100, 2 * CS)
+    assert parts is not None and len(parts) == 3
+    assert all(isinstance(p, FileRange) for p in parts)
+    hits = store.metrics.hits
+    raw = request(Opcode.READ, read_in(0, 100, 2 * CS), nodeid=ino)
+    chain = BufferChain(raw, 1 << 16)
+    n = s.srv.handle_into(chain)
+    assert parse(bytes(chain.buf[:n])).payload == BIG_DATA[100 : 100 + 2 * CS]
+    assert store.metrics.hits == hits  # read_chunk never called: straight from the cache
+
+
+class _BadRanges(ImageFS):
+    def read_ranges(self, ino, fh, offset, size):  # type: ignore[no-untyped-def]
+        fd = os.open("/dev/null", os.O_RDONLY)
+        os.close(fd)
+        return [FileRange(fd, 0, size)]  # a closed descriptor: preadv fails
+
+
+def test_handle_into_answers_eio_when_gathering_fails(image: Built) -> None:
+    fs = _BadRanges(image.bootstrap, image.source)
+    srv = Server(fs)
+    parse(srv.handle(request(Opcode.INIT, init_body()), BIG))
+    raw = request(Opcode.READ, read_in(0, 0, 100), nodeid=image.bootstrap.resolve(b"/big") or 0)
+    chain = BufferChain(raw, 4096)
+    n = srv.handle_into(chain)
+    assert n == 16 and parse(bytes(chain.buf[:n])).error == errno.EIO
+
+
+def test_handle_into_without_ranges_and_for_other_ops(s: ImageSession) -> None:
+    for raw in (
+        request(Opcode.READ, read_in(0, 3, 5), nodeid=s.lookup(b"hello")),  # image.source: no
+        request(Opcode.LOOKUP, cstr(b"hello"), unique=4),
+        request(Opcode.FORGET, abi.FORGET_IN.pack(1), nodeid=2),
+    ):
+        chain = BufferChain(raw, 4096)
+        n = s.srv.handle_into(chain)
+        want = s.srv.handle(raw, 4096)
+        assert (bytes(chain.buf[:n]) if n else None) == want

@@ -145,3 +145,32 @@ def u32(payload: bytes) -> int:
 
 
 __all__ = ["BIG", "Opcode", "parse", "request"]
+
+
+class BufferChain:
+    """A descriptor chain stand-in for ``Server.handle_into``: the request, and a reply
+    area cut into ``seg``-byte pieces the way guest buffers are scattered."""
+
+    def __init__(self, request: bytes, write_len: int, seg: int = 4096) -> None:
+        self.request = request
+        self.write_len = write_len
+        self.buf = bytearray(write_len)
+        self.seg = seg
+
+    def read(self) -> bytes:
+        return self.request
+
+    def write(self, data: bytes | bytearray | memoryview, offset: int = 0) -> int:
+        n = max(0, min(len(data), self.write_len - offset))
+        self.buf[offset : offset + n] = bytes(data[:n])
+        return n
+
+    def write_buffers(self, offset: int, size: int) -> list[memoryview]:
+        end = min(offset + size, self.write_len)
+        view = memoryview(self.buf)
+        out = []
+        while offset < end:
+            cut = min(end, (offset // self.seg + 1) * self.seg)
+            out.append(view[offset:cut])
+            offset = cut
+        return out

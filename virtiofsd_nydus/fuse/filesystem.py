@@ -158,6 +158,15 @@ class StatFs(NamedTuple):
     frsize: int
 
 
+class FileRange(NamedTuple):
+    """``length`` bytes at ``offset`` of host file ``fd``: READ data the transport copies
+    straight into guest memory (preadv) instead of through Python bytes."""
+
+    fd: int
+    offset: int
+    length: int
+
+
 def fs_error(code: int) -> OSError:
     return OSError(code, os.strerror(code))
 
@@ -216,6 +225,17 @@ class FileSystem:
     def read(self, ino: int, fh: int, offset: int, size: int) -> bytes | bytearray:
         """At most ``size`` bytes from ``offset``; short (or empty) only at end of file."""
         raise fs_error(errno.ENOSYS)
+
+    def read_ranges(
+        self, ino: int, fh: int, offset: int, size: int
+    ) -> list[bytes | FileRange] | None:
+        """Optional zero-copy READ: the data ``read`` would return, as pieces in order.
+
+        Only for descriptors that stay open, and bytes that never change, for the file
+        system's whole life (a verified chunk cache): the transport reads them after this
+        returns. None: not possible here, use ``read``.
+        """
+        return None
 
     def lseek(self, ino: int, fh: int, offset: int, whence: int) -> int:
         """SEEK_DATA / SEEK_HOLE; ENXIO when no data (or offset past the end)."""

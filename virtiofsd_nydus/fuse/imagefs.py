@@ -24,6 +24,7 @@ from .filesystem import (
     CachePolicy,
     DirEntry,
     Entry,
+    FileRange,
     FileSystem,
     StatFs,
     Timeouts,
@@ -255,6 +256,37 @@ class ImageFS(FileSystem):
                 out = bytearray(end - offset)  # holes stay zero
             out[lo - offset : hi - offset] = part
         return out if out is not None else bytes(end - offset)
+
+    def read_ranges(
+        self, ino: int, fh: int, offset: int, size: int
+    ) -> list[bytes | FileRange] | None:
+        """Cached chunks as ranges of their cache files (copied into the guest by preadv),
+        chunks not cached yet fetched now as bytes, holes as zeros."""
+        if self._locate is None:
+            return None
+        node = self._regular(ino)
+        end = min(offset + size, node.size)
+        parts: list[bytes | FileRange] = []
+        pos = offset
+        cs = self.bs.chunk_size
+        for foff, index in self.bs.chunks_covering(ino, offset, end - offset):
+            lo = max(foff, offset)
+            hi = min(foff + cs, end)
+            if lo > pos:
+                parts.append(bytes(lo - pos))
+            try:
+                loc = self._locate(index)
+            except VnydusError as e:
+                self._log_chunk_error(ino, index, str(e))
+                raise fs_error(errno.EIO) from e
+            if loc is not None and hi - foff <= loc[2]:
+                parts.append(FileRange(loc[0], loc[1] + lo - foff, hi - lo))
+            else:  # not cached yet (or inconsistent: let the checked path say so)
+                parts.append(self._chunk_part(ino, index, lo - foff, hi - lo))
+            pos = hi
+        if pos < end:
+            parts.append(bytes(end - pos))
+        return parts
 
     def _chunk_part(self, ino: int, index: int, start: int, length: int) -> bytes:
         """Bytes [start, start+length) of chunk ``index``'s verified data, or EIO."""

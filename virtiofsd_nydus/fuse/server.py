@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import struct
 from collections.abc import Callable
-from typing import Final
+from typing import Final, NamedTuple, Protocol
 
 from ..errors import BackendError, GuestError, ImageError
 from . import abi
 from .abi import Opcode
-from .filesystem import Attr, Context, Entry, FileSystem, SetAttr, Timeouts
+from .filesystem import Attr, Context, Entry, FileRange, FileSystem, SetAttr, Timeouts
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,17 @@ _MAX_OFFSET: Final = (1 << 63) - 1
 class Request:
     """One decoded request: the header's fields plus the op's argument bytes."""
 
-    __slots__ = ("body", "gid", "max_reply", "nodeid", "opcode", "pid", "uid", "unique")
+    __slots__ = (
+        "body",
+        "gid",
+        "max_reply",
+        "nodeid",
+        "opcode",
+        "pid",
+        "uid",
+        "unique",
+        "vectored",
+    )
 
     def __init__(
         self,
@@ -61,7 +72,9 @@ class Request:
         pid: int,
         body: memoryview,
         max_reply: int,
+        vectored: bool = False,
     ) -> None:
+        self.vectored = vectored  # the caller can take a Vectored READ reply
         self.opcode = opcode
         self.unique = unique
         self.nodeid = nodeid
@@ -76,7 +89,25 @@ class Request:
         return Context(self.uid, self.gid, self.pid)
 
 
-Handler = Callable[[Request], bytes | None]
+class Vectored(NamedTuple):
+    """A READ reply whose data is still to be gathered: bytes, or ranges of host files."""
+
+    unique: int
+    parts: list[bytes | FileRange]
+
+
+class ReplyTarget(Protocol):
+    """Where ``Server.handle_into`` finds a request and puts its reply: a vhost
+    descriptor chain (``vhost.vring.Chain``), or a test's buffer."""
+
+    @property
+    def write_len(self) -> int: ...
+    def read(self) -> bytes: ...
+    def write(self, data: bytes | bytearray | memoryview, offset: int = 0) -> int: ...
+    def write_buffers(self, offset: int, size: int) -> list[memoryview]: ...
+
+
+Handler = Callable[[Request], bytes | Vectored | None]
 
 
 def _error(unique: int, code: int) -> bytes:
@@ -114,6 +145,41 @@ class Server:
         Returns the reply (fuse_out_header + payload), or None when the op gets no reply
         (FORGET, BATCH_FORGET, INTERRUPT) or the guest left no room for even a header.
         """
+        reply = self._dispatch(request, max_reply, False)
+        assert not isinstance(reply, Vectored)
+        return reply
+
+    def handle_into(self, target: ReplyTarget) -> int:
+        """Answer the request held in ``target`` by writing the reply into it; returns the
+        reply's length (0: no reply). READ data that sits in a file system's cache files
+        goes straight into guest memory with preadv, never through Python bytes."""
+        reply = self._dispatch(target.read(), target.write_len, True)
+        if reply is None:
+            return 0
+        if not isinstance(reply, Vectored):
+            return target.write(reply)
+        pos = _OUT
+        try:
+            for part in reply.parts:
+                if isinstance(part, FileRange):
+                    n = _preadv(part, target.write_buffers(pos, part.length))
+                    want = part.length
+                else:
+                    n = target.write(part, pos)
+                    want = len(part)
+                if n != want:
+                    raise OSError(errno.EIO, f"{n} of {want} bytes copied")
+                pos += n
+        except OSError as e:
+            log.error("fuse READ: gathering the reply failed: %s", e.strerror or e)
+            self.errors[Opcode.READ] += 1
+            return target.write(_error(reply.unique, errno.EIO))
+        target.write(abi.OUT_HEADER.pack(pos, 0, reply.unique), 0)
+        return pos
+
+    def _dispatch(
+        self, request: bytes | bytearray | memoryview, max_reply: int, vectored: bool
+    ) -> bytes | Vectored | None:
         if len(request) < _HDR:
             self.malformed += 1
             return _error(0, errno.EINVAL) if max_reply >= _OUT else None
@@ -145,7 +211,7 @@ class Server:
         if not self.initialized and opcode != Opcode.INIT:
             self.errors[slot] += 1
             return None if no_reply else _error(unique, errno.EIO)
-        req = Request(opcode, unique, nodeid, uid, gid, pid, body, max_reply)
+        req = Request(opcode, unique, nodeid, uid, gid, pid, body, max_reply, vectored)
         try:
             return handler(req)
         except OSError as e:
@@ -345,11 +411,18 @@ class Server:
         fh, oflags = self.fs.open(req.nodeid, flags)
         return self._ok(req, abi.OPEN_OUT.pack(fh, oflags, 0))
 
-    def _read(self, req: Request) -> bytes:
+    def _read(self, req: Request) -> bytes | Vectored:
         fh, offset, size, _, _, _, _ = _args(abi.READ_IN, req.body)
         if offset > _MAX_OFFSET:
             raise OSError(errno.EINVAL, "offset out of range")
         size = min(size, req.max_reply - _OUT, self.max_write)
+        if req.vectored and size > 0:
+            parts = self.fs.read_ranges(req.nodeid, fh, offset, size)
+            if parts is not None:
+                total = sum(p.length if isinstance(p, FileRange) else len(p) for p in parts)
+                if total > size:
+                    raise RuntimeError(f"file system planned {total} bytes for a {size}-byte read")
+                return Vectored(req.unique, parts)
         data = self.fs.read(req.nodeid, fh, offset, size) if size > 0 else b""
         if len(data) > size:
             raise RuntimeError(f"file system returned {len(data)} bytes for a {size}-byte read")
@@ -675,6 +748,21 @@ def _pack_entry(e: Entry) -> bytes:
     return abi.ENTRY_OUT.pack(
         e.ino, e.generation, t.entry_sec, t.attr_sec, t.entry_nsec, t.attr_nsec, *e.attr
     )
+
+
+_IOV_MAX: Final = os.sysconf("SC_IOV_MAX")
+
+
+def _preadv(r: FileRange, bufs: list[memoryview]) -> int:
+    """preadv in groups of IOV_MAX buffers (a chain may be scattered more finely)."""
+    done = 0
+    for i in range(0, len(bufs), _IOV_MAX):
+        group = bufs[i : i + _IOV_MAX]
+        got = os.preadv(r.fd, group, r.offset + done)
+        done += got
+        if got != sum(len(b) for b in group):
+            break
+    return done
 
 
 def _close(it: object) -> None:
