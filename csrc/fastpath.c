@@ -98,7 +98,7 @@ static inline const uint8_t *string_at(const struct vn_fs *fs, uint64_t off, uin
 /* ---- reply building ------------------------------------------------------------------- */
 
 /* fuse_attr of an inode record, as imagefs.attr_of builds it. */
-static void pack_attr(uint8_t *out, uint64_t ino, const uint8_t *rec)
+static void pack_attr(uint8_t *out, uint64_t ino, const uint8_t *rec, uint32_t chunk_size)
 {
     uint32_t mode = ld32(rec), uid = ld32(rec + 4), gid = ld32(rec + 8), nlink = ld32(rec + 12);
     uint64_t size = ld64(rec + 16), rdev = ld64(rec + 24), sec = ld64(rec + 32);
@@ -110,7 +110,13 @@ static void pack_attr(uint8_t *out, uint64_t ino, const uint8_t *rec)
     }
     st64(out, ino);
     st64(out + 8, size);
-    st64(out + 16, (size >> 9) + ((size & 511) != 0)); /* (size + 511) >> 9 without overflow */
+    /* Blocks count stored chunks (holes show); (n + 511) >> 9 without overflow. */
+    uint64_t stored = size;
+    if ((mode & S_IFMT_) == S_IFREG_) {
+        uint64_t chunks = (uint64_t)ld32(rec + 56) * chunk_size;
+        stored = chunks < size ? chunks : size;
+    }
+    st64(out + 16, (stored >> 9) + ((stored & 511) != 0));
     st64(out + 24, sec);
     st64(out + 32, sec);
     st64(out + 40, sec);
@@ -293,7 +299,7 @@ static int serve_lookup(struct vn_fs *fs, const struct vn_chain *c, const struct
     st32(e + 32, fs->entry_nsec);
     st32(e + 36, fs->attr_nsec);
     if (crec != NULL)
-        pack_attr(e + 40, (uint64_t)child, crec);
+        pack_attr(e + 40, (uint64_t)child, crec, fs->chunk_size);
     else
         memset(e + 40, 0, ATTR_SIZE);
     pack_out_header(out, sizeof(out), 0, r->unique);
@@ -320,7 +326,7 @@ static int serve_getattr(struct vn_fs *fs, const struct vn_chain *c, const struc
     st64(a, fs->attr_sec);
     st32(a + 8, fs->attr_nsec);
     st32(a + 12, 0);
-    pack_attr(a + 16, r->nodeid, rec);
+    pack_attr(a + 16, r->nodeid, rec, fs->chunk_size);
     pack_out_header(out, sizeof(out), 0, r->unique);
     *written = reply(c, out, sizeof(out));
     return VN_FB_SERVED;
@@ -379,6 +385,15 @@ static int chunk_location(const struct vn_fs *fs, uint32_t cidx, int *fd, uint64
     return VN_FB_SERVED;
 }
 
+/* preadv file bytes [start, end) of a read at `offset` from fd at file_at; 1 if all came. */
+static int flush_run(const struct vn_chain *c, uint64_t offset, int fd, uint64_t file_at,
+                     uint64_t start, uint64_t end)
+{
+    int64_t got = vn_chain_preadv(c, OUT_HEADER_SIZE + (start - offset), fd, (int64_t)file_at,
+                                  end - start);
+    return got == (int64_t)(end - start);
+}
+
 /* The chunks covering file bytes [offset, end) of an inode record, as FileChunks.covering
  * finds them. With c == NULL only checks that C can serve them all; otherwise copies them
  * (and zeroes the holes) into the reply's data area. VN_FB_SERVED or a fallback reason. */
@@ -406,6 +421,9 @@ static int read_range(const struct vn_fs *fs, const uint8_t *rec, uint64_t offse
     }
     uint64_t pos = offset; /* next file byte to produce */
     uint64_t prev_end = 0;
+    /* Adjacent chunks stored back to back in one cache file become one preadv. */
+    int run_fd = -1;
+    uint64_t run_file = 0, run_start = 0; /* cache file offset and file position of the run */
     for (; lo < count; lo++) {
         const uint8_t *e = record(fs, fc, start + lo);
         uint64_t foff = ld64(e);
@@ -430,17 +448,28 @@ static int read_range(const struct vn_fs *fs, const uint8_t *rec, uint64_t offse
         uint64_t a = foff > offset ? foff : offset;
         uint64_t b = foff + usize < end ? foff + usize : end;
         if (c != NULL) {
+            uint64_t file_at = uoff + (a - foff);
+            if (run_fd >= 0 && (fd != run_fd || a != pos || file_at != run_file + (pos - run_start))) {
+                if (!flush_run(c, offset, run_fd, run_file, run_start, pos))
+                    return VN_FB_IO;
+                run_fd = -1;
+            }
             if (a > pos)
                 stream_zero(c, OUT_HEADER_SIZE + (pos - offset), a - pos);
-            int64_t got = vn_chain_preadv(c, OUT_HEADER_SIZE + (a - offset), fd,
-                                          (int64_t)(uoff + (a - foff)), b - a);
-            if (got != (int64_t)(b - a))
-                return VN_FB_IO;
+            if (run_fd < 0) {
+                run_fd = fd;
+                run_file = file_at;
+                run_start = a;
+            }
         }
         pos = b;
     }
-    if (c != NULL && pos < end)
-        stream_zero(c, OUT_HEADER_SIZE + (pos - offset), end - pos);
+    if (c != NULL) {
+        if (run_fd >= 0 && !flush_run(c, offset, run_fd, run_file, run_start, pos))
+            return VN_FB_IO;
+        if (pos < end)
+            stream_zero(c, OUT_HEADER_SIZE + (pos - offset), end - pos);
+    }
     return VN_FB_SERVED;
 }
 
