@@ -80,6 +80,8 @@ def reseal(data: bytes) -> bytes:
     (count,) = struct.unpack_from("<H", buf, 20)
     for i in range(count):
         at = L.SUPERBLOCK_SIZE + i * L.SECTION_SIZE
+        if at + L.SECTION_SIZE > len(buf):
+            break
         _, _, off, size, _, _ = L.SECTION.unpack_from(buf, at)
         if off + size <= len(buf):
             buf[at + 32 : at + 64] = blake3.blake3(bytes(buf[off : off + size])).digest()

@@ -39,6 +39,8 @@ _U32 = struct.Struct("<I")
 _USIZE_AT = 52  # uncompressed_size in a chunk record
 _BE_KEY = struct.Struct(">Q").unpack_from
 _PAD = bytes(L.NAME_KEY_LEN)
+_INODE = L.INODE.unpack_from
+_new_tuple = tuple.__new__
 
 
 class Inode(NamedTuple):
@@ -258,7 +260,8 @@ class Bootstrap:
 
     # -- inodes and directories -----------------------------------------------------------
     def inode(self, ino: int) -> Inode:
-        return Inode._make((ino, *L.INODE.unpack_from(self._buf, self._inode_base(ino))))
+        # tuple.__new__ skips the NamedTuple constructor's Python-level argument handling.
+        return _new_tuple(Inode, (ino, *_INODE(self._buf, self._inode_base(ino))))
 
     def lookup(self, parent: int, name: bytes) -> int | None:
         """The inode of ``name`` in directory ``parent``; None if absent or not a directory."""
