@@ -442,24 +442,42 @@ _store_sessions: dict[int, ImageSession] = {}
 
 
 def _store_session(image: Built, store: ChunkStore) -> ImageSession:
-    return _store_sessions.setdefault(id(store), ImageSession(ImageFS(image.bootstrap, store)))
+    s = _store_sessions.get(id(store))
+    if s is None:
+        s = _store_sessions[id(store)] = ImageSession(ImageFS(image.bootstrap, store))
+        s.srv.vectored_min = 1  # every READ gathered, whatever its size
+    return s
+
+
+class _CountingRanges(ImageFS):
+    calls = 0
+
+    def read_ranges(self, ino, fh, offset, size):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        return super().read_ranges(ino, fh, offset, size)
 
 
 def test_handle_into_copies_cached_chunks_from_the_cache_file(
     image: Built, store: ChunkStore
 ) -> None:
-    s = _store_session(image, store)
+    fs = _CountingRanges(image.bootstrap, store)
+    s = ImageSession(fs)
     ino = s.lookup(b"big")
     s.read(ino, 0, len(BIG_DATA))  # everything cached
-    parts = s.fs.read_ranges(ino, 0, 100, 2 * CS)
+    parts = fs.read_ranges(ino, 0, 100, 2 * CS)
     assert parts is not None and len(parts) == 3
     assert all(isinstance(p, FileRange) for p in parts)
-    hits = store.metrics.hits
+    hits, calls = store.metrics.hits, fs.calls
+    s.srv.vectored_min = 2 * CS
     raw = request(Opcode.READ, read_in(0, 100, 2 * CS), nodeid=ino)
     chain = BufferChain(raw, 1 << 16)
     n = s.srv.handle_into(chain)
     assert parse(bytes(chain.buf[:n])).payload == BIG_DATA[100 : 100 + 2 * CS]
-    assert store.metrics.hits == hits  # read_chunk never called: straight from the cache
+    assert fs.calls == calls + 1  # gathered...
+    assert store.metrics.hits == hits  # ...straight from the cache file, not via read_chunk
+    raw = request(Opcode.READ, read_in(0, 100, 2 * CS - 1), nodeid=ino)
+    s.srv.handle_into(BufferChain(raw, 1 << 16))
+    assert fs.calls == calls + 1  # below vectored_min: copied through bytes
 
 
 class _BadRanges(ImageFS):
@@ -471,7 +489,7 @@ class _BadRanges(ImageFS):
 
 def test_handle_into_answers_eio_when_gathering_fails(image: Built) -> None:
     fs = _BadRanges(image.bootstrap, image.source)
-    srv = Server(fs)
+    srv = Server(fs, vectored_min=0)
     parse(srv.handle(request(Opcode.INIT, init_body()), BIG))
     raw = request(Opcode.READ, read_in(0, 0, 100), nodeid=image.bootstrap.resolve(b"/big") or 0)
     chain = BufferChain(raw, 4096)

@@ -36,6 +36,8 @@ DEFAULT_WANT: Final = (
     | abi.INIT_EXT
 )
 DEFAULT_MAX_PAGES: Final = 256  # 1 MiB requests, like virtiofsd
+# Smaller READs are cheaper copied through bytes than gathered with preadv (measured).
+VECTORED_MIN: Final = 32 << 10
 # Ask the guest for plenty of in-flight background requests (readahead, async reads).
 MAX_BACKGROUND: Final = 0xFFFF
 CONGESTION_THRESHOLD: Final = 0xFFFF * 3 // 4
@@ -122,12 +124,19 @@ class Server:
     concurrently (the image fs is).
     """
 
-    def __init__(self, fs: FileSystem, *, max_pages: int = DEFAULT_MAX_PAGES) -> None:
+    def __init__(
+        self,
+        fs: FileSystem,
+        *,
+        max_pages: int = DEFAULT_MAX_PAGES,
+        vectored_min: int = VECTORED_MIN,
+    ) -> None:
         if not 1 <= max_pages <= 0xFFFF:
             raise ValueError(f"max_pages {max_pages} out of range 1..65535")
         self.fs = fs
         self.max_pages = max_pages
         self.max_write = max_pages * abi.PAGE_SIZE
+        self.vectored_min = vectored_min  # handle_into gathers READs of at least this size
         self.initialized = False
         self.proto_minor = 0  # the guest's minor version once initialized
         self.flags = 0  # the negotiated 64-bit INIT flags
@@ -416,7 +425,7 @@ class Server:
         if offset > _MAX_OFFSET:
             raise OSError(errno.EINVAL, "offset out of range")
         size = min(size, req.max_reply - _OUT, self.max_write)
-        if req.vectored and size > 0:
+        if req.vectored and size >= self.vectored_min:
             parts = self.fs.read_ranges(req.nodeid, fh, offset, size)
             if parts is not None:
                 total = sum(p.length if isinstance(p, FileRange) else len(p) for p in parts)
