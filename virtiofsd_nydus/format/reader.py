@@ -32,7 +32,8 @@ _S_IFDIR = stat.S_IFDIR
 _KEY_LEN = L.NAME_KEY_LEN
 _MODE = struct.Struct("<I")
 _DIR_RANGE = struct.Struct("<QI")  # data_start, data_count at inode offset 48
-_DIR_HEAD = struct.Struct("<I44xQI")  # mode, data_start, data_count
+_HEAD = struct.Struct("<I44xQI")  # an inode's mode, data_start, data_count
+_XATTR_RANGE = struct.Struct("<II")  # xattr_start, xattr_count at inode offset 60
 _DIRENT = struct.Struct("<QQIH")  # name key, name_off, ino, name_len
 _FILE_OFFSET = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
@@ -268,7 +269,7 @@ class Bootstrap:
         buf = self._buf
         if not 0 < parent <= self.inode_count:
             raise self._bad(f"inode {parent} out of range 1..{self.inode_count}")
-        mode, lo, count = _DIR_HEAD.unpack_from(buf, self._ino_off + (parent - 1) * self._ino_rec)
+        mode, lo, count = _HEAD.unpack_from(buf, self._ino_off + (parent - 1) * self._ino_rec)
         if mode & _S_IFMT != _S_IFDIR or 0 in name:
             return None
         hi = lo + count
@@ -345,7 +346,7 @@ class Bootstrap:
 
     # -- xattrs ---------------------------------------------------------------------------
     def _xattr_range(self, ino: int) -> tuple[int, int]:
-        start, count = struct.unpack_from("<II", self._buf, self._inode_base(ino) + 60)
+        start, count = _XATTR_RANGE.unpack_from(self._buf, self._inode_base(ino) + 60)
         if start + count > self._x_count:
             raise self._bad(f"inode {ino} xattrs {start}+{count} out of range")
         return start, count
@@ -396,7 +397,7 @@ class Bootstrap:
     def chunks_covering(self, ino: int, offset: int, length: int) -> list[tuple[int, int]]:
         """(file_offset, chunk_index) of the chunks overlapping [offset, offset+length);
         holes have none. O(log chunks + chunks returned), no per-chunk objects."""
-        mode, start, count = _DIR_HEAD.unpack_from(self._buf, self._inode_base(ino))
+        mode, start, count = _HEAD.unpack_from(self._buf, self._inode_base(ino))
         if mode & _S_IFMT != stat.S_IFREG:
             raise LocalError(f"inode {ino} is not a regular file")
         if start + count > self._fc_count:
