@@ -15,6 +15,7 @@ import zstandard
 from ..errors import ImageError
 
 READ_SIZE = 1 << 20
+INPUT_SIZE = 256 << 10  # compressed bytes fed to zlib per call
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
@@ -69,20 +70,32 @@ class DigestReader:
 
 
 class _GzipReader:
-    """Streaming gunzip, multi-member, that notices truncation (Python's gzip is slow here)."""
+    """Streaming gunzip, multi-member, that notices truncation (Python's gzip is slow here).
+
+    Output is produced in READ_SIZE pieces and served from a buffer: tar asks for 512-byte
+    headers, and zlib copies its unconsumed input on every call, so small calls are costly."""
 
     def __init__(self, src: Readable, what: str) -> None:
         self._src = src
         self._what = what
         self._d = zlib.decompressobj(wbits=31)
         self._in = b""
+        self._out = b""
+        self._pos = 0
 
     def read(self, n: int = -1, /) -> bytes:
         if n < 0:
             n = READ_SIZE
+        if self._pos >= len(self._out):
+            self._out, self._pos = self._inflate(), 0
+        data = self._out[self._pos : self._pos + n]
+        self._pos += len(data)
+        return data
+
+    def _inflate(self) -> bytes:
         while True:
             if not self._in:
-                self._in = self._src.read(READ_SIZE)
+                self._in = self._src.read(INPUT_SIZE)
                 if not self._in:
                     if not self._d.eof:
                         raise ImageError(f"{self._what}: truncated gzip stream")
@@ -93,7 +106,7 @@ class _GzipReader:
                     continue
                 self._d = zlib.decompressobj(wbits=31)
             try:
-                out = self._d.decompress(self._in, n)
+                out = self._d.decompress(self._in, READ_SIZE)
             except zlib.error as exc:
                 raise ImageError(f"{self._what}: corrupt gzip stream ({exc})") from None
             self._in = self._d.unused_data if self._d.eof else self._d.unconsumed_tail
