@@ -10,6 +10,7 @@ import structlog
 
 from .. import __version__
 from .._cli import run_main
+from ..errors import LocalError
 
 PROG = "vnydus"
 
@@ -115,7 +116,11 @@ def main(argv: list[str] | None = None) -> int:
             from .cmd_unpack import run
         else:
             from .cmd_ls import run
-        return run(args)
+        try:
+            return run(args)
+        except OSError as exc:  # disk full, permissions...: a user's problem, not a bug
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise LocalError(f"{where}{exc.strerror or exc}") from None
 
     return run_main(PROG, body)
 

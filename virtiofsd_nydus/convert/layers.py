@@ -120,13 +120,16 @@ class TreeBuilder:
             if (parent, target) not in self._layer:
                 parent.children.pop(target, None)
 
-    def _opaque(self, d: Node) -> None:
-        assert d.children is not None
-        for name, child in list(d.children.items()):
-            if (d, name) not in self._layer:
-                del d.children[name]
-            elif child.is_dir:
-                self._opaque(child)  # merged in this layer: its lower content is hidden too
+    def _opaque(self, top: Node) -> None:
+        todo = [top]  # no recursion: a hostile tar can nest deeper than Python's stack
+        while todo:
+            d = todo.pop()
+            assert d.children is not None
+            for name, child in list(d.children.items()):
+                if (d, name) not in self._layer:
+                    del d.children[name]
+                elif child.is_dir:
+                    todo.append(child)  # merged in this layer: its lower content is hidden too
 
     def _lookup(self, path: bytes) -> Node | None:
         head, _, name = path.rpartition(b"/")

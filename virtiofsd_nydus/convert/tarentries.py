@@ -17,6 +17,8 @@ from .streams import ForwardReader
 
 log = structlog.get_logger(__name__)
 
+_U32 = 0xFFFFFFFF
+_MAX_NS = 1 << 62  # ~146 years either side of 1970, well inside the format's range
 _XATTR_SCHILY = "SCHILY.xattr."
 _XATTR_LIBARCHIVE = "LIBARCHIVE.xattr."
 
@@ -78,13 +80,17 @@ class _Member:
 
 def _entry(tf: tarfile.TarFile, ti: tarfile.TarInfo, stream: ForwardReader) -> Entry | None:
     path = normalize(_fsencode(ti.name))
+    if not (0 <= ti.uid <= _U32 and 0 <= ti.gid <= _U32):
+        raise ImageError(f"{ti.name!r}: owner {ti.uid}:{ti.gid} out of range")
+    if ti.isdev() and not (0 <= ti.devmajor <= _U32 and 0 <= ti.devminor <= _U32):
+        raise ImageError(f"{ti.name!r}: device number out of range")
     e = Entry(
         path=path,
         kind=Kind.FILE,
         mode=ti.mode & 0o7777,
         uid=ti.uid,
         gid=ti.gid,
-        mtime_ns=_mtime_ns(ti),
+        mtime_ns=max(-_MAX_NS, min(_MAX_NS, _mtime_ns(ti))),
         xattrs=_xattrs(ti),
     )
     if ti.isreg():
