@@ -8,6 +8,7 @@ matters is a later load passing an earlier store, which `fence()` prevents.
 
 from __future__ import annotations
 
+import array
 import struct
 import threading
 from collections.abc import Sequence
@@ -233,4 +234,4 @@ class SplitRing:
 
 
 def _u16s(values: Sequence[int]) -> memoryview:
-    return memoryview(struct.pack(f"<{len(values)}H", *values)).cast("H")
+    return memoryview(array.array("H", values))

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from . import fuse_abi as fa
 from .client import FuseClient
 from .frontend import Frontend
-from .pipeline import Pipeline, run
+from .pipeline import Pipeline, cycle_take, run
 
 WORKLOADS = ("seqread128k", "randread4k", "lookup", "getattr", "readdirplus")
 _Q = struct.Struct("<Q")
@@ -126,20 +126,15 @@ def _read_pipes(
     nblocks = size // io
     state = {"next": 0}
     rnd = random.Random(1234)
-    offsets = [rnd.randrange(nblocks) * io for _ in range(1 << 16)]
-    pack = _Q.pack_into
+    if seq:
+        offsets = [i * io for i in range(nblocks)]
+    else:
+        offsets = [rnd.randrange(nblocks) * io for _ in range(1 << 16)]
 
     def prepare(p: Pipeline, slots: Sequence[int]) -> None:
-        view, stride, k = p.in_view, p.in_stride, state["next"]
-        if seq:
-            for s in slots:
-                pack(view, s * stride + 48, (k % nblocks) * io)
-                k += 1
-        else:
-            for s in slots:
-                pack(view, s * stride + 48, offsets[k & 0xFFFF])
-                k += 1
-        state["next"] = k
+        k = state["next"]
+        p.set_u64(slots, 48, cycle_take(offsets, k, len(slots)))  # read_in.offset
+        state["next"] = k + len(slots)
 
     tmpl = fa.request(fa.Op.READ, 0, node, fa.read_in(fh, 0, io))
     return [
@@ -163,14 +158,11 @@ def _getattr_pipes(
 ) -> list[Pipeline]:
     ids = [n.nodeid for n in _tree(sess, path)]
     state = {"next": 0}
-    pack = _Q.pack_into
 
     def prepare(p: Pipeline, slots: Sequence[int]) -> None:
-        view, stride, k, n = p.in_view, p.in_stride, state["next"], len(ids)
-        for s in slots:
-            pack(view, s * stride + 16, ids[k % n])
-            k += 1
-        state["next"] = k
+        k = state["next"]
+        p.set_u64(slots, 16, cycle_take(ids, k, len(slots)))  # in_header.nodeid
+        state["next"] = k + len(slots)
 
     tmpl = fa.request(fa.Op.GETATTR, 0, ids[0], fa.getattr_in())
     return [
