@@ -63,6 +63,7 @@ class SplitRing:
         self.avail_gpa = mem.alloc(6 + 2 * size, 4096, region)
         self.used_gpa = mem.alloc(6 + 8 * size, 4096, region)
         self.desc_view = mem.view(self.desc_gpa, 16 * size)
+        self.desc_u32 = self.desc_view.cast("I")  # [4i + 2] is descriptor i's len
         # avail as u16s: [0] flags, [1] idx, [2..size+1] ring, [size+2] used_event
         self.avail = mem.view(self.avail_gpa, 6 + 2 * size).cast("H")
         # used as u32s: [0] flags|idx<<16, [1+2k] id, [2+2k] len; avail_event apart
