@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from tests.frontend import fuse_abi as fa
 from tests.frontend import vhost_msg as vm
 from tests.frontend.memory import GuestMemory
+from tests.frontend.pipeline import cycle_take
 from tests.frontend.vring import Buf, SplitRing, need_event
 
 
@@ -100,3 +101,9 @@ def test_ring_wraps_and_reads_used_entries() -> None:
     assert not ring.arm(1)
     assert ring.avail[8 + 2] == 2  # used_event = next entry we wait for
     mem.close()
+
+
+@given(st.integers(1, 20), st.integers(0, 100), st.integers(0, 70))
+def test_cycle_take_wraps_like_modulo(size: int, start: int, n: int) -> None:
+    seq = list(range(100, 100 + size))
+    assert cycle_take(seq, start, n) == [seq[(start + j) % size] for j in range(n)]
