@@ -1,6 +1,7 @@
 """Requests/s of the C fast path vs the Python FUSE path, in-process, over a real ring.
 
     .venv/bin/python -m bench.fastpath_bench [--seconds 2] [--batch 256] [--json]
+    .venv/bin/python -m bench.fastpath_bench --daemon [--seconds 5]
 
 A split ring in memfd guest memory is filled with `--batch` requests of one kind; each
 round publishes them all (not timed) and times the back-end's side only: with the fast
@@ -8,6 +9,11 @@ path, one ``Virtqueue.pop`` (C drains and answers everything); without it, the P
 device path (``pop`` -> ``Server.handle`` -> ``Chain.write`` -> ``complete``) per request.
 The image: tests/fuse/images.py (4 KiB chunks), a 16 MiB file fully cached and verified,
 and a directory of 1,000 entries. Run on an idle machine.
+
+``--daemon`` instead runs tests/frontend's workloads (a host-side vhost-user front-end)
+against ``virtiofsd-nydus --image`` with the fast path off and on, and against the
+reference virtiofsd on the same tree (64 MiB big.bin, dir/ of 1,000 files, 1 MiB chunks).
+Our daemon's cache is warmed first (verified bits live per process).
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import argparse
 import json
 import os
 import random
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -135,13 +143,85 @@ def measure(
     return done / spent
 
 
+TREE = Path("/tmp/vn-fastpath-bench")
+# Our daemon with the fast path switched by $VN_FASTPATH (a bench-only launcher).
+LAUNCHER = """
+import dataclasses, os, sys
+from virtiofsd_nydus.daemon import cli
+opts = cli.options
+on = os.environ["VN_FASTPATH"] == "1"
+cli.options = lambda a: dataclasses.replace(opts(a), fastpath=on)
+sys.exit(cli.main(sys.argv[1:]))
+"""
+DAEMON_WORKLOADS = {
+    "getattr": "/",
+    "lookup": "/dir",
+    "randread4k": "/big.bin",
+    "seqread128k": "/big.bin",
+}
+
+
+def bench_tree() -> tuple[Path, Path]:
+    """(source tree, converted image dir), made once."""
+    src, img = TREE / "tree", TREE / "img"
+    if not (img / "image.boot").exists():
+        rnd = random.Random(42)
+        (src / "dir").mkdir(parents=True, exist_ok=True)
+        with open(src / "big.bin", "wb") as f:
+            for _ in range(64):
+                f.write(rnd.randbytes(MIB))
+        for i in range(1000):
+            (src / "dir" / f"file-{i:04d}.txt").write_bytes(rnd.randbytes(100))
+        vnydus = Path(sys.executable).with_name("vnydus")
+        subprocess.run([vnydus, "convert", "--no-progress", f"dir:{src}", img], check=True)
+    return src, img
+
+
+def daemon_mode(seconds: float, names: list[str]) -> dict[str, dict[str, float]]:
+    from tests.frontend.workloads import run_workload
+    from tests.vm.process import running_daemon, short_tmpdir
+    from tests.vm.reference import READY_TEXT, reference_virtiofsd
+
+    src, img = bench_tree()
+    tmp = short_tmpdir("vn-fpb-")
+    out: dict[str, dict[str, float]] = {n: {} for n in names}
+
+    def run_all(sock: Path, label: str, only: list[str] = names) -> None:
+        for name in only:
+            depth = 16 if name == "seqread128k" else 64
+            res = run_workload(
+                str(sock), name, path=DAEMON_WORKLOADS[name], seconds=seconds, queue_depth=depth
+            )
+            out[name][label] = round(res.ops_per_s)
+            print(f"{label:14s} {res.line()}", flush=True)
+
+    for on in ("0", "1"):
+        sock = tmp / f"ours{on}.sock"
+        argv = [sys.executable, "-c", LAUNCHER, "--socket-path", str(sock), "--image", str(img)]
+        argv += ["--cache-dir", str(tmp / "cache"), "--log-level", "warning", "--reconnect"]
+        os.environ["VN_FASTPATH"] = on
+        with running_daemon(argv, sock, READY_TEXT):
+            # Fetch + verify every chunk first: the first read of each goes through Python.
+            run_workload(str(sock), "seqread128k", path="/big.bin", seconds=4.0, queue_depth=16)
+            run_all(sock, "ours-c" if on == "1" else "ours-python")
+    for name in names:  # virtiofsd exits when its front-end hangs up
+        with reference_virtiofsd(src, tmp / "ref.sock") as daemon:
+            run_all(daemon.socket_path, "virtiofsd", [name])
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--workload", action="append", help="default: all")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--daemon", action="store_true", help="through the vhost-user socket")
     a = ap.parse_args()
+    if a.daemon:
+        res = daemon_mode(a.seconds, a.workload or list(DAEMON_WORKLOADS))
+        print(json.dumps(res, indent=2))
+        return
     out: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         fs, server, store = make_image(Path(tmp))

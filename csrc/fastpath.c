@@ -34,6 +34,7 @@
 #define KEY_LEN 8
 
 #define ROUND_MAX 256 /* chains per pop round: bounds the on-stack push arrays */
+#define DRAIN_BUDGET 1024 /* chains per drain call: a busy guest must not starve the loop */
 
 static inline uint16_t ld16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 static inline uint32_t ld32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
@@ -555,8 +556,8 @@ int vn_fs_drain(struct vn_fs *fs, struct vn_vq *vq, struct vn_chain *chains,
 {
     uint16_t heads[ROUND_MAX];
     uint32_t lens[ROUND_MAX];
-    uint32_t nleft = 0, used_iov = 0;
-    while (nleft < max_chains) {
+    uint32_t nleft = 0, used_iov = 0, popped = 0;
+    while (nleft < max_chains && popped < DRAIN_BUDGET) {
         if (nleft > 0 && iov_cap - used_iov < iov_room)
             break; /* a long chain might not fit: let the caller take a fresh pool */
         uint32_t want = max_chains - nleft;
@@ -565,6 +566,7 @@ int vn_fs_drain(struct vn_fs *fs, struct vn_vq *vq, struct vn_chain *chains,
         int n = vn_vq_pop(vq, chains + nleft, want, iovs + used_iov, iov_cap - used_iov);
         if (n <= 0)
             break;
+        popped += (uint32_t)n;
         uint32_t k = 0, base = nleft;
         for (uint32_t i = 0; i < (uint32_t)n; i++) {
             struct vn_chain *c = &chains[base + i];

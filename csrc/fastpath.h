@@ -83,8 +83,9 @@ int vn_fs_check(struct vn_fs *fs);
  * goes and Python must answer it. */
 int vn_fs_serve(struct vn_fs *fs, const struct vn_chain *c, uint32_t *written);
 
-/* Pop and serve until the ring is empty, max_chains are left over, or the iovec pool is
- * too full to pop a chain needing iov_room iovecs. Served chains are pushed (and the guest
+/* Pop and serve until the ring is empty, max_chains are left over, the iovec pool is too
+ * full to pop a chain needing iov_room iovecs, or 1024 chains were popped (the caller
+ * comes back: returning 0 does not mean the ring is empty). Served chains are pushed (and the guest
  * notified through call_fd, if >= 0 and it asks) after every pop round. Left-over chains
  * are compacted into chains[0..n) with their iovecs in iovs; returns n (>= 0). A broken
  * queue just ends the drain (vq->broken says why). */

@@ -16,6 +16,7 @@ import structlog
 from ..errors import LocalError
 from ..format.reader import Bootstrap
 from ..fuse import CachePolicy, FileSystem, ImageFS, PassthroughFS, Server
+from ..fuse.fastpath import FastPath
 from ..storage import CacheDir, ChunkStore, LocalFsBackend
 from ..vhost import connection
 from .virtiofs import VirtioFsDevice
@@ -46,6 +47,7 @@ class Options:
     num_request_queues: int = 1
     thread_pool_size: int = 0
     reconnect: bool = False
+    fastpath: bool = True  # serve hot requests of an image in C (fuse/fastpath.py)
 
 
 def image_paths(image_dir: Path) -> tuple[Path, Path]:
@@ -79,11 +81,15 @@ class Service:
         else:
             raise LocalError("nothing to serve: give --image, --bootstrap or --shared-dir")
         self.server = Server(self.fs)
+        fastpath = None
+        if opts.fastpath and isinstance(self.fs, ImageFS):
+            fastpath = FastPath(self.server, self.fs, self.store)
         self.device = VirtioFsDevice(
             self.server,
             num_request_queues=opts.num_request_queues,
             tag=opts.tag,
             thread_pool_size=opts.thread_pool_size,
+            fastpath=fastpath,
         )
 
     def _open_image(self, opts: Options) -> FileSystem:
