@@ -178,6 +178,11 @@ def test_namespace_ops(s: PtSession, shared: Path) -> None:
         Opcode.MKNOD, abi.MKNOD_IN.pack(stat.S_IFIFO | 0o600, 0, 0, 0) + cstr(b"fifo"), nodeid=d
     )
     assert r.error == 0 and stat.S_ISFIFO(os.lstat(shared / "d" / "fifo").st_mode)
+    # opening it here would block the worker (or, for a device node, reach the host's)
+    fifo = s.entry(r.payload)
+    assert s.call(Opcode.OPEN, abi.OPEN_IN.pack(os.O_RDONLY, 0), nodeid=fifo).error == (
+        errno.EACCES
+    )
     hello = s.lookup(b"hello")
     r = s.call(Opcode.LINK, abi.LINK_IN.pack(hello) + cstr(b"hard"), nodeid=d)
     assert s.entry(r.payload) == hello

@@ -412,6 +412,10 @@ class PassthroughFS(FileSystem):
                 raise fs_error(errno.EISDIR)
             if node.mode == stat.S_IFLNK:
                 raise fs_error(errno.ELOOP)  # reopening it through /proc would follow it
+            if node.mode != stat.S_IFREG:
+                # The guest opens device nodes, FIFOs and sockets itself, never through
+                # us: only a hostile guest asks, to reach a host device or block on a FIFO.
+                raise fs_error(errno.EACCES)
             if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
                 self._writable()
             # No O_NOFOLLOW here: /proc/self/fd/N is itself a (magic) link to the inode.
