@@ -183,6 +183,8 @@ def test_namespace_ops(s: PtSession, shared: Path) -> None:
     assert s.call(Opcode.OPEN, abi.OPEN_IN.pack(os.O_RDONLY, 0), nodeid=fifo).error == (
         errno.EACCES
     )
+    body = abi.CREATE_IN.pack(os.O_CREAT | os.O_RDONLY, 0o100644, 0, 0) + cstr(b"fifo")
+    assert s.call(Opcode.CREATE, body, nodeid=d).error == errno.EACCES
     hello = s.lookup(b"hello")
     r = s.call(Opcode.LINK, abi.LINK_IN.pack(hello) + cstr(b"hard"), nodeid=d)
     assert s.entry(r.payload) == hello

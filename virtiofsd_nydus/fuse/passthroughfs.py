@@ -556,13 +556,16 @@ class PassthroughFS(FileSystem):
     ) -> tuple[Entry, int, int]:
         self._writable()
         with self._node(parent) as p:
+            # O_NONBLOCK: the name may already be a FIFO (no effect on a regular file).
             fd = os.open(
                 name,
-                (flags & ~os.O_NOCTTY) | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                (flags & ~os.O_NOCTTY) | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK,
                 mode,
                 dir_fd=p.fd,
             )
             try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise fs_error(errno.EACCES)  # an existing device node, FIFO or socket
                 self._chown_new(ctx, p.fd, name)
             except BaseException:
                 os.close(fd)
