@@ -155,6 +155,12 @@ def test_create_write_read_truncate(s: PtSession, shared: Path) -> None:
     assert s.call(Opcode.CREATE, body).error == errno.EEXIST
 
 
+def test_o_direct_is_not_passed_to_the_host(s: PtSession) -> None:
+    ino = s.lookup(b"hello")
+    fh = s.open(ino, os.O_RDONLY | os.O_DIRECT)
+    assert s.read(ino, 1, 5, fh).payload == b"ello "  # unaligned: fine without O_DIRECT
+
+
 def test_setattr_mode_times(s: PtSession, shared: Path) -> None:
     ino = s.lookup(b"hello")
     assert s.setattr(ino, abi.FATTR_MODE, mode=0o100600) == 0

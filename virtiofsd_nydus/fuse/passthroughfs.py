@@ -43,7 +43,9 @@ from .filesystem import (
 
 _U64 = (1 << 64) - 1
 _DT_DIR = stat.S_IFDIR >> 12
-_OPEN_STRIP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY
+# O_DIRECT: the guest's choice to skip *its* page cache says nothing about the host's
+# (and would make our unaligned buffers fail), as virtiofsd decides.
+_OPEN_STRIP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_DIRECT
 
 
 def attr_of_stat(st: os.stat_result) -> Attr:
@@ -559,7 +561,11 @@ class PassthroughFS(FileSystem):
             # O_NONBLOCK: the name may already be a FIFO (no effect on a regular file).
             fd = os.open(
                 name,
-                (flags & ~os.O_NOCTTY) | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK,
+                (flags & ~(os.O_NOCTTY | os.O_DIRECT))
+                | os.O_CREAT
+                | os.O_CLOEXEC
+                | os.O_NOFOLLOW
+                | os.O_NONBLOCK,
                 mode,
                 dir_fd=p.fd,
             )
