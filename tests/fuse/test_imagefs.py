@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from virtiofsd_nydus.errors import BackendError
 from virtiofsd_nydus.fuse import abi
 from virtiofsd_nydus.fuse.abi import Opcode
-from virtiofsd_nydus.fuse.filesystem import CachePolicy, FileRange
-from virtiofsd_nydus.fuse.imagefs import ImageFS, encode_rdev
+from virtiofsd_nydus.fuse.filesystem import CachePolicy, FileRange, decode_rdev, encode_rdev
+from virtiofsd_nydus.fuse.imagefs import ImageFS
 from virtiofsd_nydus.fuse.server import Server
 from virtiofsd_nydus.storage import CacheDir, ChunkStore, LocalFsBackend
 
@@ -119,6 +119,7 @@ def test_device_numbers_use_the_kernels_encoding(s: ImageSession) -> None:
     assert wide["rdev"] == encode_rdev(os.makedev(259, 70000))
     assert (wide["rdev"] >> 8) & 0xFFF == 259
     assert (wide["rdev"] & 0xFF) | ((wide["rdev"] >> 12) & ~0xFF) == 70000
+    assert decode_rdev(wide["rdev"]) == os.makedev(259, 70000)
 
 
 def test_lookup_errors(s: ImageSession) -> None:

@@ -387,6 +387,17 @@ def check_access(mode: int, owner: int, group: int, mask: int, uid: int, gid: in
         raise fs_error(errno.EACCES)
 
 
+def encode_rdev(rdev: int) -> int:
+    """st_rdev -> the kernel's 32-bit new_encode_dev() form that fuse_attr.rdev carries."""
+    major, minor = os.major(rdev), os.minor(rdev)
+    return ((minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)) & 0xFFFFFFFF
+
+
+def decode_rdev(dev: int) -> int:
+    """The kernel's new_decode_dev (the u32 MKNOD carries) -> st_rdev."""
+    return os.makedev((dev & 0xFFF00) >> 8, (dev & 0xFF) | ((dev >> 12) & 0xFFF00))
+
+
 def dtype_of(mode: int) -> int:
     """DT_* from st_mode (the kernel's IFTODT)."""
     return (mode >> 12) & 0o17

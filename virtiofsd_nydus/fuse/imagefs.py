@@ -29,6 +29,7 @@ from .filesystem import (
     StatFs,
     Timeouts,
     check_access,
+    encode_rdev,
     fs_error,
 )
 
@@ -69,12 +70,6 @@ class LookupCounts(Protocol):
 _U64 = (1 << 64) - 1
 _DT_DIR = stat.S_IFDIR >> 12
 _BLKSIZE = 4096
-
-
-def encode_rdev(rdev: int) -> int:
-    """st_rdev -> the kernel's 32-bit new_encode_dev() form fuse_attr.rdev carries."""
-    major, minor = os.major(rdev), os.minor(rdev)
-    return ((minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)) & 0xFFFFFFFF
 
 
 def attr_of(node: Inode, chunk_size: int) -> Attr:

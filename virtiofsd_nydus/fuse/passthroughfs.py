@@ -38,6 +38,8 @@ from .filesystem import (
     StatFs,
     Timeouts,
     check_access,
+    decode_rdev,
+    encode_rdev,
     fs_error,
 )
 
@@ -63,20 +65,10 @@ def attr_of_stat(st: os.stat_result) -> Attr:
         st.st_nlink,
         st.st_uid,
         st.st_gid,
-        _encode_dev(st.st_rdev),
+        encode_rdev(st.st_rdev),
         st.st_blksize,
         0,
     )
-
-
-def _encode_dev(rdev: int) -> int:
-    major, minor = os.major(rdev), os.minor(rdev)
-    return ((minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)) & 0xFFFFFFFF
-
-
-def _decode_dev(dev: int) -> int:
-    """The kernel's new_decode_dev (the u32 MKNOD carries) -> st_rdev."""
-    return os.makedev((dev & 0xFFF00) >> 8, (dev & 0xFF) | ((dev >> 12) & 0xFFF00))
 
 
 def _proc(fd: int) -> str:
@@ -512,7 +504,7 @@ class PassthroughFS(FileSystem):
     ) -> Entry:
         self._writable()
         with self._node(parent) as p:
-            os.mknod(name, mode, _decode_dev(rdev), dir_fd=p.fd)
+            os.mknod(name, mode, decode_rdev(rdev), dir_fd=p.fd)
             self._chown_new(ctx, p.fd, name)
         return self._entry(parent, name)
 
