@@ -68,7 +68,7 @@ def _boot(image: Path, work: Path, name: str, script: str, rootfs: bool) -> Gues
     print("\n".join(ln for ln in result.output.splitlines() if "PROGRAM-SECONDS=" not in ln))
     print("-" * 68)
     with Bootstrap.open(image / "image.boot") as bs:
-        total = sum(b.uncompressed_size for b in bs.blobs)
+        total = sum(bs.chunk(i).uncompressed_size for i in range(bs.chunk_count))
     print(
         f"    chunk cache after the run: {_mib(_allocated(cache))} of the image's "
         f"{_mib(total)} of chunk data (fetched on demand)"
