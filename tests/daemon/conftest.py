@@ -18,14 +18,16 @@ from tests.frontend.frontend import Frontend
 from tests.vm.process import Daemon, short_tmpdir
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None]:
-    outcome = yield
-    report = outcome.get_result()
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
     if report.failed:
         for d in rig.RECENT:
             state = "running" if d.proc.poll() is None else f"exit {d.proc.returncode}"
             report.sections.append((f"daemon log ({state}) {d.socket_path}", d.log()[-8000:]))
+    return report
 
 
 @pytest.fixture(scope="session")

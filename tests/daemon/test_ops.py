@@ -216,7 +216,7 @@ def test_fsync_fsyncdir_syncfs_are_no_ops(fs: FuseClient) -> None:
 
 
 _NAME = b"newname\0"
-_WRITE_OPS = {
+_WRITE_OPS: dict[int, bytes] = {
     fa.Op.SETATTR: fa.setattr_in(mode=0o600),
     fa.Op.SYMLINK: b"new\0target\0",
     fa.Op.MKNOD: struct.pack("<IIII", 0o100644, 0, 0o22, 0) + _NAME,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,13 @@ class GuestMemory:
 
     def add(self, region: MemoryRegion, fd: int) -> None:
         """Map ``fd`` at ``region.mmap_offset`` and enter it in the table (fd stays open)."""
+        # A mapping past the end of its file would SIGBUS on first access: refuse it now.
+        try:
+            st = os.fstat(fd)
+        except OSError as exc:
+            raise GuestError(f"memory region {region}: {exc.strerror}") from exc
+        if stat.S_ISREG(st.st_mode) and region.mmap_offset + region.size > st.st_size:
+            raise GuestError(f"memory region {region}: its file has only {st.st_size} bytes")
         host = ffi.new("uint8_t **")
         rc = lib.vn_map(fd, region.mmap_offset, region.size, host)
         if rc < 0:
