@@ -174,3 +174,64 @@ ls -la a | wc -l
     assert (share / "a" / "zeros").stat().st_mtime == 981173106
     assert os.readlink(share / "a" / "b" / "link") == "c/file"
     assert not (share / "keep").exists()
+
+
+def test_guest_sees_kata_style_mounts_of_one_export(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "etc").mkdir(parents=True)
+    (src / "etc" / "os-release").write_text("ID=vnydus\n")
+    (src / "bin").mkdir()
+    (src / "bin" / "tool").write_bytes(os.urandom(300_000))
+    img = tmp_path / "img"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "virtiofsd_nydus.convert.cli",
+            "convert",
+            "--no-progress",
+            f"dir:{src}",
+            str(img),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    sock = Path("/tmp") / f"vnfuse-ps-{os.getpid()}.sock"
+    argv = [
+        sys.executable,
+        "-m",
+        "tests.fuse.pseudo_daemon",
+        str(sock),
+        str(shared),
+        str(img),
+        str(tmp_path / "cache"),
+    ]
+    tool = hashlib.sha256((src / "bin" / "tool").read_bytes()).hexdigest()
+    script = """
+ls -1
+ls -1 rafs/c1
+cat rafs/c1/lowerdir/etc/os-release
+sha256sum rafs/c1/lowerdir/bin/tool | cut -d' ' -f1
+mkdir -p containers/c1/rootfs
+cp rafs/c1/lowerdir/etc/os-release containers/c1/rootfs/copied
+if (echo x > rafs/c1/lowerdir/new) 2>/dev/null; then echo RAFS-WRITABLE; else echo RAFS-RO; fi
+if mkdir rafs/c2 2>/dev/null; then echo PSEUDO-WRITABLE; else echo PSEUDO-RO; fi
+a=$(stat -c %d containers); b=$(stat -c %d rafs/c1/lowerdir); c=$(stat -c %d .)
+[ "$a" != "$b" ] && [ "$b" != "$c" ] && echo SUBMOUNTS || echo "devs $a $b $c"
+"""
+    with running_daemon(argv, sock, WAITING):
+        r = run_guest(sock, script, timeout=240)
+    assert r.status == 0, r.output
+    assert r.output.splitlines() == [
+        "containers",
+        "rafs",
+        "lowerdir",
+        "ID=vnydus",
+        tool,
+        "RAFS-RO",
+        "PSEUDO-RO",
+        "SUBMOUNTS",
+    ]
+    assert (shared / "c1" / "rootfs" / "copied").read_text() == "ID=vnydus\n"
