@@ -9,6 +9,7 @@ ours with virtiofsd's output line by line. A program from the image runs in a ch
 from __future__ import annotations
 
 import contextlib
+import shutil
 from dataclasses import dataclass
 
 import pytest
@@ -79,6 +80,7 @@ def run(e2e_source: SourceImage, e2e_image: Converted) -> Run:
     """One guest, both back-ends, the whole script."""
     tmp = short_tmpdir("vne2e-")
     with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, tmp, ignore_errors=True)
         ref = stack.enter_context(reference_virtiofsd(e2e_source.reference, tmp / "ref.sock"))
         ours = stack.enter_context(
             our_virtiofsd(tmp / "ours.sock", image=e2e_image.image, cache_dir=tmp / "cache")
