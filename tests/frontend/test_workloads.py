@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from tests.frontend.client import FuseClient
 from tests.frontend.conftest import FrontendFactory
 from tests.frontend.pipeline import Pipeline, run
 from tests.frontend.workloads import WORKLOADS, run_workload
-from tests.vm.process import Daemon
+from tests.vm.process import Daemon, running_daemon
 
 PATHS = {"seqread128k": "/big.bin", "randread4k": "/big.bin", "readdirplus": "/dir"}
 
@@ -134,3 +135,13 @@ def test_run_drives_two_queues_at_once(frontend_on: FrontendFactory) -> None:
     stats = run(fe, pipes, seconds=0.3)
     assert all(p.completed > 16 and p.inflight == 0 for p in pipes)
     assert stats.completed <= sum(p.completed for p in pipes)
+
+
+def test_two_request_queues_on_our_daemon(tree: Path, short_tmp: Path) -> None:
+    # virtiofsd has a single request queue; our daemon takes --num-request-queues.
+    sock = short_tmp / "ours.sock"
+    argv = [sys.executable, "-m", "virtiofsd_nydus.daemon.cli", "--socket-path", str(sock)]
+    argv += ["--shared-dir", str(tree), "--readonly", "--num-request-queues", "2"]
+    with running_daemon(argv, sock, "Waiting for vhost-user socket connection"):
+        res = run_workload(str(sock), "getattr", seconds=0.3, warmup=0, queues=2, queue_depth=8)
+    assert res.queues == 2 and res.ops > 0
