@@ -4,6 +4,7 @@ virtio-fs device -> vhost-user connection, on a uvloop event loop."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -69,6 +70,7 @@ class Service:
         self.bootstrap: Bootstrap | None = None
         self.store: ChunkStore | None = None
         self.cache: CacheDir | None = None
+        self._bound = False  # we created the socket file at opts.socket_path
         self.fs: FileSystem
         if opts.bootstrap is not None:
             self.fs = self._open_image(opts)
@@ -109,7 +111,9 @@ class Service:
         return ImageFS(self.bootstrap, self.store, policy=opts.cache)
 
     def listen(self) -> socket.socket:
-        return connection.listen(self.opts.socket_path, self.opts.fd)
+        sock = connection.listen(self.opts.socket_path, self.opts.fd)
+        self._bound = self.opts.fd is None
+        return sock
 
     async def run(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -141,6 +145,10 @@ class Service:
                 loop.remove_signal_handler(sig)
 
     def close(self) -> None:
+        # Like virtiofsd: the socket file we bound goes away with us (not an inherited --fd).
+        if self.opts.socket_path is not None and self._bound:
+            with contextlib.suppress(OSError):
+                os.unlink(self.opts.socket_path)
         self.device.close()
         if self.store is not None:
             self.store.close()

@@ -371,7 +371,10 @@ class Connection:
 def listen(socket_path: str | None = None, fd: int | None = None) -> socket.socket:
     """The listening socket: bind ``socket_path``, or adopt an inherited listening ``fd``."""
     if fd is not None:
-        sock = socket.socket(fileno=fd)
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as exc:
+            raise LocalError(f"--fd {fd}: {exc.strerror}") from exc
         if sock.family != socket.AF_UNIX or not sock.getsockopt(
             socket.SOL_SOCKET, socket.SO_ACCEPTCONN
         ):
