@@ -88,4 +88,5 @@ def test_stop_with_requests_pending_answers_them_first(connect: Connect, source:
     assert base == fe.queues[1].ring.avail_idx
     want = (source / "big.bin").read_bytes()
     replies = fs.wait(uniques)  # every popped request completed before GET_VRING_BASE
-    assert [bytes(r.payload()) for r in replies] == [want[k * 4096 : (k + 1) * 4096] for k in range(64)]
+    blocks = [want[k * 4096 : (k + 1) * 4096] for k in range(64)]
+    assert [bytes(r.payload()) for r in replies] == blocks
