@@ -1,0 +1,26 @@
+"""bench/RESULTS.md: one ``## Title`` section per benchmark, each rewritten by its own script."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+PATH = Path(__file__).parent / "RESULTS.md"
+HEADER = """# Benchmark results
+
+Machine (all numbers below): 2 cores, 24 GiB RAM, Debian 12, Python 3.11, no KVM (guests
+run under TCG). The box is shared with other work: numbers move by 10-20% between runs.
+Each section is written by the script it names; `make bench` runs them all in a quick mode.
+"""
+
+
+def write_section(title: str, body: str, path: Path = PATH) -> None:
+    """Replace (or append) the section ``## TITLE`` with BODY, keeping every other section."""
+    text = path.read_text() if path.exists() else HEADER
+    block = f"## {title}\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _m: block + "\n", text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    path.write_text(text.rstrip("\n") + "\n")

@@ -1,0 +1,145 @@
+"""Daemon memory on a huge image: 1,000,000 files, served, looked up and listed.
+
+    .venv/bin/python -m bench.rss_bench [--files 1000000] [--no-write]
+
+The image is written with the format writer directly (empty files: no blob data needed):
+/wide with 10% of the files in one directory, /tree/dNNN/fNNN with the rest (1,000 per
+directory). The daemon's VmRSS (/proc/PID/status) is read after start-up, after a front-end
+connects, and after 20,000 LOOKUPs + GETATTRs, READDIRPLUS of /wide (every entry) and of 100
+other directories; VmHWM is the peak. Target: < 100 MB. Writes the "Daemon RSS" section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import stat
+import sys
+import time
+from pathlib import Path
+
+from bench import results_md
+from tests.daemon import rig
+from tests.frontend import fuse_abi as fa
+from tests.frontend.client import FuseClient
+from tests.frontend.frontend import Frontend
+from tests.vm.process import short_tmpdir
+from virtiofsd_nydus.format.model import Image, Node
+from virtiofsd_nydus.format.writer import write_bootstrap_file
+
+ROOT = Path("/tmp/vn-rss-bench")
+PER_DIR = 1000
+TARGET_MB = 100
+
+
+def make_image(files: int) -> Path:
+    img = ROOT / f"img-{files}"
+    stamp = img / ".complete"
+    if stamp.exists():
+        return img
+    (img / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+    xattrs: dict[bytes, bytes] = {}  # shared: the writer never mutates the model
+
+    def f(i: int) -> Node:
+        return Node(stat.S_IFREG | 0o644, mtime_ns=i, xattrs=xattrs)
+
+    def d(children: dict[bytes, Node]) -> Node:
+        return Node(stat.S_IFDIR | 0o755, xattrs=xattrs, children=children)
+
+    wide_n = files // 10
+    wide = d({b"w%07d" % i: f(i) for i in range(wide_n)})
+    tree: dict[bytes, Node] = {}
+    for start in range(wide_n, files, PER_DIR):
+        names = range(start, min(files, start + PER_DIR))
+        tree[b"d%04d" % (start // PER_DIR)] = d({b"f%04d" % (i % PER_DIR): f(i) for i in names})
+    image = Image(root=d({b"wide": wide, b"tree": d(tree)}), blobs=[], chunk_size=1 << 20)
+    t = time.monotonic()
+    write_bootstrap_file(image, img / "image.boot")
+    print(f"wrote a {files:,}-file bootstrap in {time.monotonic() - t:.1f}s", flush=True)
+    stamp.touch()
+    return img
+
+
+def exercise(fe: Frontend, lookups: int) -> dict[str, int]:
+    fs = FuseClient(fe, timeout=60.0)
+    fs.init()
+    counts = {"lookups": 0, "entries_listed": 0}
+    tree = fs.lookup(fa.ROOT_ID, b"tree").nodeid
+    dirs = [d for d in fs.listdir(tree, plus=False) if d.name not in (b".", b"..")]
+    rnd = random.Random(1)
+    ids: dict[bytes, int] = {}
+    for k in range(0, lookups, 64):
+        batch = []
+        for _ in range(min(64, lookups - k)):
+            name = rnd.choice(dirs).name
+            if name not in ids:
+                ids[name] = fs.lookup(tree, name).nodeid
+            leaf = b"f%04d" % rnd.randrange(PER_DIR // 2)
+            batch.append(fs.submit(fa.Op.LOOKUP, ids[name], fa.lookup_in(leaf), 128))
+        for r in fs.wait(batch):
+            e = fa.entry_out(r.payload())
+            fs.getattr(e.nodeid)
+            counts["lookups"] += 1
+    wide = fs.lookup(fa.ROOT_ID, b"wide").nodeid
+    counts["entries_listed"] += len(fs.listdir(wide, plus=True, size=65536))
+    for name in list(ids)[:100]:
+        counts["entries_listed"] += len(fs.listdir(ids[name], plus=True, size=65536))
+    return counts
+
+
+def status_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise ValueError(f"no {key} for pid {pid}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--files", type=int, default=1_000_000)
+    ap.add_argument("--lookups", type=int, default=20_000)
+    ap.add_argument("--no-write", action="store_true", help="leave bench/RESULTS.md alone")
+    a = ap.parse_args(argv)
+    cmd = "python -m bench.rss_bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    img = make_image(a.files)
+    tmp = short_tmpdir("vn-rss-")
+    sock = tmp / "rss.sock"
+    args = [*rig.image_args(img, tmp / "cache"), "--log-level", "warning"]
+    mb: dict[str, float] = {}
+    with rig.our_daemon(sock, args, timeout=120) as d:
+        pid = d.proc.pid
+        mb["after start"] = rig.rss_kib(pid) / 1024
+        fe = Frontend(str(sock), timeout=30.0).start()
+        try:
+            mb["front-end connected"] = rig.rss_kib(pid) / 1024
+            counts = exercise(fe, a.lookups)
+            mb["after lookups + listings"] = rig.rss_kib(pid) / 1024
+            mb["peak (VmHWM)"] = status_kb(pid, "VmHWM") / 1024
+            fe.stop()
+        finally:
+            fe.close()
+    size_mb = (img / "image.boot").stat().st_size / 2**20
+    verdict = "meets" if mb["peak (VmHWM)"] < TARGET_MB else "misses"
+    lines = [
+        f"Command: `{cmd.strip()}` ({time.strftime('%Y-%m-%d', time.gmtime())}).",
+        "",
+        f"Image: {a.files:,} empty files (bootstrap {size_mb:.0f} MiB, mapped, never parsed "
+        f"whole): /wide holds {a.files // 10:,} of them, /tree/dNNNN the rest, {PER_DIR:,} "
+        f"per directory. Work: {counts['lookups']:,} LOOKUP + GETATTR pairs, READDIRPLUS of "
+        f"{counts['entries_listed']:,} entries (all of /wide and 100 other directories).",
+        "",
+        "| daemon VmRSS | MB |",
+        "| --- | ---: |",
+        *(f"| {k} | {v:.1f} |" for k, v in mb.items()),
+        "",
+        f"Target < {TARGET_MB} MB: {verdict} it.",
+    ]
+    text = "\n".join(lines)
+    print("\n" + text)
+    if not a.no_write:
+        results_md.write_section("Daemon RSS", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
