@@ -298,3 +298,31 @@ def test_call_fd_written_when_c_serves(rig: Rig) -> None:
     finally:
         rig.q.call_fd = None
         os.close(efd)
+
+
+def test_device_keeps_the_session_in_step(make_rig: RigFactory) -> None:
+    """VirtioFsDevice: INIT answered by Python turns the C path on; reset turns it off."""
+    from virtiofsd_nydus.daemon.virtiofs import VirtioFsDevice
+
+    rig = make_rig(init=False)
+    dev = VirtioFsDevice(rig.server, fastpath=rig.fp)
+    rig.q.fast_drain = None
+    dev.queue_started(rig.q)
+    assert rig.q.fast_drain is rig.fp
+    rig.device = dev  # left-overs go through the device's own path
+    init = wire.request(
+        Opcode.INIT, wire.init_body(flags=wire.KERNEL_FLAGS, flags2=wire.KERNEL_FLAGS2)
+    )
+    rig.ref.handle(init, wire.BIG)
+    assert not rig.run([getattr_req(1)])[0].served
+    rig.run([Req(init, ref=False)])
+    assert rig.server.initialized
+    res = rig.run([getattr_req(1), lookup_req(1, b"forty"), Req(wire.request(Opcode.STATFS))])
+    assert [r.served for r in res] == [True, True, False]
+    check_identical(res, all_served=False)
+    rig.run([Req(wire.request(Opcode.DESTROY), ref=False)])
+    assert not rig.run([getattr_req(1)])[0].served
+    rig.run([Req(init, ref=False)])
+    assert rig.run([getattr_req(1)])[0].served
+    dev.reset()  # the front-end went away: the session ends in Python and in C
+    assert not rig.run([getattr_req(1)])[0].served
