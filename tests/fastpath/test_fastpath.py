@@ -326,3 +326,45 @@ def test_device_keeps_the_session_in_step(make_rig: RigFactory) -> None:
     assert rig.run([getattr_req(1)])[0].served
     dev.reset()  # the front-end went away: the session ends in Python and in C
     assert not rig.run([getattr_req(1)])[0].served
+
+
+def test_lookup_counts_stay_exact_under_concurrency(rig: Rig) -> None:
+    """Python lookups and forgets on another thread while C counts: no update is lost."""
+    import threading
+
+    forty = rig.bs.resolve(b"/forty")
+    assert forty is not None
+    n = 3000
+
+    def python_side() -> None:
+        for _ in range(n):
+            rig.fs.lookup(1, b"forty")
+        for _ in range(n // 2):
+            rig.fs.forget(forty, 1)
+
+    t = threading.Thread(target=python_side)
+    t.start()
+    for _ in range(6):
+        rig.run([lookup_req(1, b"forty", ref=False)] * (n // 6))
+    t.join()
+    assert rig.fp.lookups[forty] == n + n - n // 2
+
+
+def test_event_idx_notifications(make_rig: RigFactory) -> None:
+    rig = make_rig()
+    rig.q.start(1024, 0, rig.drv.desc, rig.drv.avail, rig.drv.used, True)
+    efd = os.eventfd(0, os.EFD_NONBLOCK)
+    try:
+        rig.q.call_fd = efd
+        rig.drv.set_used_event(0xFFFF)  # "interrupt me only at used index 0xFFFF"
+        rig.run([getattr_req(1)] * 4)  # the first completion always notifies (no baseline)
+        assert os.eventfd_read(efd) == 1
+        rig.run([getattr_req(1)] * 4)
+        with pytest.raises(BlockingIOError):
+            os.eventfd_read(efd)  # the guest did not ask
+        rig.drv.set_used_event(rig.drv.used_idx())  # "interrupt me at the next completion"
+        rig.run([getattr_req(1)])
+        assert os.eventfd_read(efd) == 1
+    finally:
+        rig.q.call_fd = None
+        os.close(efd)
