@@ -16,7 +16,7 @@ Each section is written by the script it names; `make bench` runs them all in a 
 
 def write_section(title: str, body: str, path: Path = PATH) -> None:
     """Replace (or append) the section ``## TITLE`` with BODY, keeping every other section."""
-    text = path.read_text() if path.exists() else HEADER
+    text = _with_header(path.read_text() if path.exists() else HEADER)
     block = f"## {title}\n\n{body.strip()}\n"
     pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
     if pattern.search(text):
@@ -24,3 +24,11 @@ def write_section(title: str, body: str, path: Path = PATH) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + block
     path.write_text(text.rstrip("\n") + "\n")
+
+
+def _with_header(text: str) -> str:
+    """TEXT with the title and machine paragraph at the top (added once)."""
+    if text.startswith(HEADER):
+        return text
+    body = text.split("\n", 1)[1] if text.startswith("# ") else text
+    return HEADER + "\n" + body.lstrip("\n")

@@ -87,6 +87,13 @@ def exercise(fe: Frontend, lookups: int) -> dict[str, int]:
     return counts
 
 
+def rss_parts(pid: int) -> tuple[float, float, float, float]:
+    """(VmRSS, RssAnon, RssFile, RssShmem) of PID in MB."""
+    keys = ("VmRSS", "RssAnon", "RssFile", "RssShmem")
+    a, b, c, d = (status_kb(pid, k) / 1024 for k in keys)
+    return a, b, c, d
+
+
 def status_kb(pid: int, key: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):
@@ -105,21 +112,23 @@ def main(argv: list[str] | None = None) -> int:
     tmp = short_tmpdir("vn-rss-")
     sock = tmp / "rss.sock"
     args = [*rig.image_args(img, tmp / "cache"), "--log-level", "warning"]
-    mb: dict[str, float] = {}
+    mb: dict[str, tuple[float, ...]] = {}
     with rig.our_daemon(sock, args, timeout=120) as d:
         pid = d.proc.pid
-        mb["after start"] = rig.rss_kib(pid) / 1024
+        mb["after start"] = rss_parts(pid)
         fe = Frontend(str(sock), timeout=30.0).start()
         try:
-            mb["front-end connected"] = rig.rss_kib(pid) / 1024
+            mb["front-end connected"] = rss_parts(pid)
             counts = exercise(fe, a.lookups)
-            mb["after lookups + listings"] = rig.rss_kib(pid) / 1024
-            mb["peak (VmHWM)"] = status_kb(pid, "VmHWM") / 1024
+            mb["after lookups + listings"] = rss_parts(pid)
+            peak = status_kb(pid, "VmHWM") / 1024
             fe.stop()
         finally:
             fe.close()
     size_mb = (img / "image.boot").stat().st_size / 2**20
-    verdict = "meets" if mb["peak (VmHWM)"] < TARGET_MB else "misses"
+    final = mb["after lookups + listings"]
+    verdict = "meets" if peak < TARGET_MB else "misses"
+    own = "meets" if final[1] < TARGET_MB else "misses"
     lines = [
         f"Command: `{cmd.strip()}` ({time.strftime('%Y-%m-%d', time.gmtime())}).",
         "",
@@ -128,11 +137,14 @@ def main(argv: list[str] | None = None) -> int:
         f"per directory. Work: {counts['lookups']:,} LOOKUP + GETATTR pairs, READDIRPLUS of "
         f"{counts['entries_listed']:,} entries (all of /wide and 100 other directories).",
         "",
-        "| daemon VmRSS | MB |",
-        "| --- | ---: |",
-        *(f"| {k} | {v:.1f} |" for k, v in mb.items()),
+        "| daemon, MB | VmRSS | anon (own heap) | file (mapped bootstrap) | shmem (guest RAM) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+        *(f"| {k} | " + " | ".join(f"{x:.1f}" for x in v) + " |" for k, v in mb.items()),
+        f"| peak VmRSS (VmHWM) | {peak:.1f} | | | |",
         "",
-        f"Target < {TARGET_MB} MB: {verdict} it.",
+        f"Target < {TARGET_MB} MB: the peak VmRSS {verdict} it; the daemon's own (anonymous) "
+        f"memory {own} it. File pages are the bootstrap's page cache, shared and reclaimable; "
+        "shmem is the front-end's guest memory the daemon touched.",
     ]
     text = "\n".join(lines)
     print("\n" + text)
