@@ -35,8 +35,9 @@ from tests.frontend import fuse_abi as fa
 from tests.frontend.client import FuseClient
 from tests.frontend.frontend import Frontend
 from tests.frontend.workloads import Result, run_workload
+from tests.vm.ours import ours_argv
 from tests.vm.process import Daemon, running_daemon, short_tmpdir
-from tests.vm.reference import reference_virtiofsd
+from tests.vm.reference import READY_TEXT, reference_virtiofsd
 
 ROOT = Path("/tmp/vn-backend-bench")
 TREE = ROOT / "src"
@@ -116,10 +117,13 @@ def warm_our_cache(sock: Path) -> None:
 
 @contextlib.contextmanager
 def ours(tmp: Path, extra: tuple[str, ...] = (), prefix: tuple[str, ...] = ()) -> Iterator[Daemon]:
+    """Our daemon on the image; PREFIX (e.g. a profiler) replaces the interpreter."""
     sock = tmp / "ours.sock"
-    argv = [*prefix, *rig.DAEMON_ARGV[1 if prefix else 0 :], "--socket-path", str(sock)]
-    argv += [*rig.image_args(IMAGE, ROOT / "cache"), "--log-level", "warning", *extra]
-    with running_daemon(argv, sock, rig.READY_TEXT, timeout=60) as d:
+    extra = ("--log-level", "warning", *extra)
+    argv = ours_argv(sock, image=IMAGE, cache_dir=ROOT / "cache", extra_args=extra)
+    if prefix:
+        argv = [*prefix, *argv[2:]]  # argv is [python, -m, module, ...]
+    with running_daemon(argv, sock, READY_TEXT, timeout=60) as d:
         yield d
 
 
@@ -188,7 +192,7 @@ def profile(tmp: Path, workload: str, seconds: float) -> str:
     """cProfile our daemon through one workload (it exits when the front-end leaves)."""
     prof = tmp / "daemon.prof"
     name, path, _ = next(r for r in ROWS if r[0] == workload)
-    prefix = (sys.executable, "-m", "cProfile", "-o", str(prof), "-m")
+    prefix = (sys.executable, "-m", "cProfile", "-o", str(prof), "-m")  # + module
     with ours(tmp, prefix=prefix) as d:
         run_workload(str(d.socket_path), name, path=path, seconds=seconds, queue_depth=64)
         d.proc.wait(30)

@@ -111,9 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     img = make_image(a.files)
     tmp = short_tmpdir("vn-rss-")
     sock = tmp / "rss.sock"
-    args = [*rig.image_args(img, tmp / "cache"), "--log-level", "warning"]
     mb: dict[str, tuple[float, ...]] = {}
-    with rig.our_daemon(sock, args, timeout=120) as d:
+    quiet = ["--log-level", "warning"]
+    with rig.our_daemon(sock, image=img, cache_dir=tmp / "cache", extra_args=quiet) as d:
         pid = d.proc.pid
         mb["after start"] = rss_parts(pid)
         fe = Frontend(str(sock), timeout=30.0).start()

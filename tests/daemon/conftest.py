@@ -15,7 +15,8 @@ from tests.daemon import rig
 from tests.daemon.source import make_source
 from tests.frontend.client import FuseClient
 from tests.frontend.frontend import Frontend
-from tests.vm.process import Daemon, short_tmpdir
+from tests.vm.process import Daemon, running_daemon, short_tmpdir
+from tests.vm.reference import READY_TEXT
 
 
 @pytest.hookimpl(wrapper=True)
@@ -60,8 +61,14 @@ def start_daemon(sock_dir: Path, image: Path) -> Iterator[DaemonFactory]:
             nonlocal count
             count += 1
             sock = sock_dir / f"f{id(stack) % 10000}-{count}.sock"
-            args = rig.image_args(image, sock_dir / "cache") if serve_image else []
-            return stack.enter_context(rig.our_daemon(sock, [*args, *extra]))
+            if not serve_image:  # EXTRA names what to serve
+                argv = [*rig.DAEMON_ARGV, "--socket-path", str(sock), *extra]
+                daemon = stack.enter_context(running_daemon(argv, sock, READY_TEXT))
+                rig.RECENT.append(daemon)
+                return daemon
+            return stack.enter_context(
+                rig.our_daemon(sock, image=image, cache_dir=sock_dir / "cache", extra_args=extra)
+            )
 
         yield start
 
@@ -71,9 +78,8 @@ def served(request: pytest.FixtureRequest, sock_dir: Path, image: Path) -> Itera
     """One --reconnect daemon per module and thread-pool size; each test connects anew."""
     pool = int(request.param)
     sock = sock_dir / f"m{pool}-{request.module.__name__.rsplit('.', 1)[-1][:12]}.sock"
-    args = [*rig.image_args(image, sock_dir / "cache"), "--reconnect"]
-    args += ["--thread-pool-size", str(pool), "--num-request-queues", "4"]
-    with rig.our_daemon(sock, args) as daemon:
+    args = ["--reconnect", "--thread-pool-size", str(pool), "--num-request-queues", "4"]
+    with rig.our_daemon(sock, image=image, cache_dir=sock_dir / "cache", extra_args=args) as daemon:
         yield daemon
 
 

@@ -1,7 +1,8 @@
 """Our daemon as a real subprocess: build an image with ``vnydus convert``, start
 ``virtiofsd-nydus`` on it, wait for its ready line, always stop it.
 
-Used by tests/daemon and the benchmarks; other test areas may import it too.
+Starting it is tests/vm/ours.py's job (shared with tests/e2e); this adds image building,
+a memory of recent daemons for failure reports, and raw argv for odd command lines.
 """
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from tests.vm.process import Daemon, running_daemon
-from virtiofsd_nydus.daemon.service import WAITING_LINE
+from tests.vm.ours import our_virtiofsd
+from tests.vm.process import Daemon
 
 DAEMON_ARGV = (sys.executable, "-m", "virtiofsd_nydus.daemon.cli")
 CONVERT_ARGV = (sys.executable, "-m", "virtiofsd_nydus.convert.cli", "convert", "--no-progress")
-READY_TEXT = WAITING_LINE
 
 # The daemons most recently started: a failing test shows their logs (conftest hook).
 RECENT: collections.deque[Daemon] = collections.deque(maxlen=4)
@@ -37,17 +37,23 @@ def convert(source: str, out: Path, *, chunk_size: int = 64 << 10) -> Path:
     return out
 
 
-def image_args(image: Path, cache_dir: Path) -> list[str]:
-    return ["--image", str(image), "--cache-dir", str(cache_dir)]
-
-
 @contextlib.contextmanager
 def our_daemon(
-    socket_path: Path, args: Sequence[str], *, timeout: float = 30.0
+    socket_path: Path,
+    *,
+    image: Path | None = None,
+    shared_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    extra_args: Sequence[str] = (),
 ) -> Iterator[Daemon]:
-    """``virtiofsd-nydus --socket-path SOCKET_PATH ARGS...``, ready for a front-end."""
-    argv = [*DAEMON_ARGV, "--socket-path", str(socket_path), *args]
-    with running_daemon(argv, socket_path, READY_TEXT, timeout=timeout) as daemon:
+    """tests.vm.ours.our_virtiofsd, remembered in RECENT for failure reports."""
+    with our_virtiofsd(
+        socket_path,
+        image=image,
+        shared_dir=shared_dir,
+        cache_dir=cache_dir,
+        extra_args=extra_args,
+    ) as daemon:
         RECENT.append(daemon)
         yield daemon
 
