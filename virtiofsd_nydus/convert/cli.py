@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-import structlog
-
-from .. import __version__
+from .. import __version__, logs
 from .._cli import run_main
 from ..errors import LocalError
 
@@ -32,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
         "verified, lazily loadable images and inspect them.",
     )
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", default="warning", choices=sorted(logs.LEVELS))
+    p.add_argument("--log-format", choices=["json", "console"], default="console")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     c = sub.add_parser(
         "convert",
@@ -87,21 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _setup_logging(level: str) -> None:
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso"),
-            structlog.dev.ConsoleRenderer(colors=False),
-        ],
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log_level)
+    logs.configure(args.log_level, args.log_format)
 
     def body() -> int:
         if args.command == "convert":
