@@ -176,15 +176,15 @@ def run_all(a: argparse.Namespace, tmp: Path) -> list[Row]:
 
 
 def table(rows: list[Row]) -> str:
+    def cell(xs: list[float]) -> str:
+        return f"{statistics.median(xs):,.0f} ({min(xs):,.0f}-{max(xs):,.0f})" if xs else "-"
+
     out = [
-        "| workload | ours | virtiofsd | ours / virtiofsd |",
+        "| workload | ours: median (min-max) | virtiofsd: median (min-max) | ours / virtiofsd |",
         "| --- | ---: | ---: | ---: |",
     ]
     for r in rows:
-        out.append(
-            f"| {r.workload} ({r.unit}) | {r.median(r.ours):,.0f} | {r.median(r.ref):,.0f} "
-            f"| {r.ratio:.2f}x |"
-        )
+        out.append(f"| {r.workload} ({r.unit}) | {cell(r.ours)} | {cell(r.ref)} | {r.ratio:.2f}x |")
     return "\n".join(out)
 
 

@@ -9,8 +9,9 @@ PATH = Path(__file__).parent / "RESULTS.md"
 HEADER = """# Benchmark results
 
 Machine (all numbers below): 2 cores, 24 GiB RAM, Debian 12, Python 3.11, no KVM (guests
-run under TCG). The box is shared with other work: numbers move by 10-20% between runs.
-Each section is written by the script it names; `make bench` runs them all in a quick mode.
+run under TCG). The box is shared with other work: single runs move by 10-50%, so each
+section gives its spread or its number of runs. Each section is written by the script it
+names; `make bench` runs them all in a quick mode (without touching this file).
 """
 
 
@@ -27,8 +28,7 @@ def write_section(title: str, body: str, path: Path = PATH) -> None:
 
 
 def _with_header(text: str) -> str:
-    """TEXT with the title and machine paragraph at the top (added once)."""
-    if text.startswith(HEADER):
-        return text
-    body = text.split("\n", 1)[1] if text.startswith("# ") else text
-    return HEADER + "\n" + body.lstrip("\n")
+    """TEXT with today's title and machine paragraph in place of whatever preceded the
+    first section."""
+    first = re.search(r"^## ", text, re.M)
+    return HEADER + ("\n" + text[first.start() :] if first else "")
