@@ -5,8 +5,8 @@
 Ours serves the tree converted by ``vnydus convert`` (its chunk cache warmed by one full
 read first); virtiofsd ``--readonly`` serves the unpacked tree (its page cache warmed).
 Each workload keeps ``--queue-depth`` requests in flight; medians of ``--runs`` runs.
-Writes the "Back-end" section of bench/RESULTS.md (unless ``--no-write``) and
-bench/results/backend.json. ``--profile`` also runs our daemon under cProfile (and perf,
+Writes the "Back-end" section of bench/RESULTS.md and bench/results/backend.json (unless
+``--no-write``). ``--profile`` also runs our daemon under cProfile (and perf,
 when installed) for one workload and prints where its time goes.
 """
 
@@ -256,21 +256,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nwhere our daemon's time goes ({a.profile_workload}):\n{prof}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    out = Path(__file__).parent / "results" / "backend.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "command": cmd.strip(),
-                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "load_avg_1m": os.getloadavg()[0],
-                "rows": [r.__dict__ for r in rows],
-            },
-            indent=2,
-        )
-        + "\n"
-    )
     if not a.no_write:
+        out = Path(__file__).parent / "results" / "backend.json"
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(
+            json.dumps(
+                {
+                    "command": cmd.strip(),
+                    "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "load_avg_1m": os.getloadavg()[0],
+                    "rows": [r.__dict__ for r in rows],
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         body = [
             f"Command: `{cmd.strip()}` ({time.strftime('%Y-%m-%d', time.gmtime())}, "
             f"load average {os.getloadavg()[0]:.1f} at the end).",
