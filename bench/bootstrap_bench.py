@@ -1,6 +1,6 @@
 """Bootstrap benchmark: write a synthetic image of N files, then open and query it.
 
-    .venv/bin/python bench/bootstrap_bench.py [--files 1000000] [--merkle]
+    .venv/bin/python -m bench.bootstrap_bench [--files 1000000] [--merkle] [--write]
 
 The image: /wide (10% of the files in one directory), /tree/dNN/sNN/fNN (the rest, 100 per
 directory) and /deep/l1/.../l8/target (10 components, 50 siblings per level). Open, RSS and
@@ -127,6 +127,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=1_000_000)
     ap.add_argument("--merkle", action="store_true", help="also time verify_merkle()")
+    ap.add_argument("--write", action="store_true", help="rewrite its bench/RESULTS.md section")
     args = ap.parse_args()
     rows: list[tuple[str, str, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -178,8 +179,20 @@ def main() -> None:
     load = Path("/proc/loadavg").read_text().split()[:3]
     rows.append(("load average", " ".join(load), f"{os.cpu_count()} CPUs, shared"))
     width = max(len(r[0]) for r in rows)
-    for name, value, note in rows:
-        print(f"{name:<{width}}  {value:>12}  {note}")
+    lines = [f"{name:<{width}}  {value:>12}  {note}" for name, value, note in rows]
+    print("\n".join(lines))
+    if args.write:
+        from bench import results_md
+
+        cmd = " ".join(["python -m bench.bootstrap_bench", *sys.argv[1:]]).replace(" --write", "")
+        results_md.write_report(
+            "Bootstrap",
+            cmd,
+            lines,
+            "A synthetic image (one 100,000-entry directory, 100-entry leaf directories, a"
+            " 10-level path with 50 siblings per level); open and queries run in a fresh"
+            " interpreter, RSS is VmRSS of that process.",
+        )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Conversion throughput on one large layer, against `tar -xf` + `zstd` of the same layer.
 
-    .venv/bin/python bench/convert_bench.py [--src /usr/lib] [--mb 1000] [--gzip] [--level 3]
+    .venv/bin/python -m bench.convert_bench [--src /usr/lib] [--mb 1000] [--gzip] [--level 3]
+        [--write]
 
 Builds a plain tar (or tar.gz) of the first --mb MB of regular files under --src, then times,
 in this same run, `vnydus convert tar:LAYER OUT` and the baseline `tar -xf LAYER` followed by
@@ -58,7 +59,14 @@ def main() -> int:
     ap.add_argument("--mb", type=int, default=1000)
     ap.add_argument("--gzip", action="store_true", help="a gzip layer (default: plain tar)")
     ap.add_argument("--level", type=int, default=3)
+    ap.add_argument("--write", action="store_true", help="rewrite its bench/RESULTS.md section")
     args = ap.parse_args()
+    report: list[str] = []
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+        report.append(line)
+
     with tempfile.TemporaryDirectory(prefix="convbench-", dir="/var/tmp") as t:
         tmp = Path(t)
         layer = tmp / ("layer.tar.gz" if args.gzip else "layer.tar")
@@ -70,7 +78,7 @@ def main() -> int:
             raw = layer
         size = raw.stat().st_size
         mb = size / 1e6
-        print(
+        say(
             f"layer: {layer.name}, {mb:,.0f} MB uncompressed, "
             f"{layer.stat().st_size / 1e6:,.0f} MB stored"
         )
@@ -89,9 +97,10 @@ def main() -> int:
             ]
         )
         blob = max((p for p in (out / "blobs/sha256").iterdir()), key=lambda p: p.stat().st_size)
-        print(
+        ncpu = os.cpu_count() or 1
+        say(
             f"vnydus convert:      {wall:6.2f} s wall {cpu:6.2f} s CPU  {mb / wall:6.1f} MB/s "
-            f"(CPU-bound rate {mb / cpu * os.cpu_count():.0f} MB/s on {os.cpu_count()} cores)  "
+            f"(CPU-bound rate {mb / cpu * ncpu:.0f} MB/s on {ncpu} cores)  "
             f"blob {blob.stat().st_size / 1e6:,.0f} MB"
         )
         x = tmp / "x"
@@ -101,12 +110,23 @@ def main() -> int:
             ["zstd", f"-{args.level}", "-T0", "-q", "-f", str(raw), "-o", str(tmp / "z.zst")]
         )
         bw, bc = w1 + w2, c1 + c2
-        print(
+        say(
             f"tar -xf + zstd -T0:  {bw:6.2f} s wall {bc:6.2f} s CPU  {mb / bw:6.1f} MB/s "
             f"(tar {w1:.2f} s, zstd {w2:.2f} s; {(tmp / 'z.zst').stat().st_size / 1e6:,.0f} MB)"
         )
-        print(f"ratio (baseline wall / vnydus wall): {bw / wall:.2f}; CPU: {bc / cpu:.2f}")
+        say(f"ratio (baseline wall / vnydus wall): {bw / wall:.2f}; CPU: {bc / cpu:.2f}")
         shutil.rmtree(x)
+    if args.write:
+        from bench import results_md
+
+        cmd = " ".join(["python -m bench.convert_bench", *sys.argv[1:]]).replace(" --write", "")
+        results_md.write_report(
+            "Conversion",
+            cmd,
+            report,
+            "Throughput is uncompressed input MB per second of wall time; `tar -xf` + `zstd -T0`"
+            " of the same layer, timed in the same run, is the baseline (target: >= 150 MB/s).",
+        )
     return 0
 
 

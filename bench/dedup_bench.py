@@ -1,6 +1,6 @@
 """Cross-image dedup: two versions of a Debian 12 rootfs, as OCI layers vs with --chunk-dict.
 
-    .venv/bin/python bench/dedup_bench.py [--a ROOTFS] [--b ROOTFS] [--chunk-size 1M ...]
+    .venv/bin/python -m bench.dedup_bench [--a ROOTFS] [--b ROOTFS] [--chunk-size 1M ...] [--write]
 
 A = debootstrap --variant=minbase bookworm (made into /var/tmp/vnydus-bench/minbase when
 missing), B = minbase + python3 (the VM rig's cache, ~/.cache/virtiofsd-nydus/...). Each
@@ -80,28 +80,47 @@ def main() -> int:
     ap.add_argument("--a", type=Path, default=MINBASE)
     ap.add_argument("--b", type=Path, default=CACHE)
     ap.add_argument("--chunk-size", nargs="+", default=["1M", "64K"])
+    ap.add_argument("--write", action="store_true", help="rewrite its bench/RESULTS.md section")
     args = ap.parse_args()
+    report: list[str] = []
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+        report.append(line)
+
     if args.a == MINBASE:
         ensure_minbase(MINBASE)
     with tempfile.TemporaryDirectory(prefix="dedupbench-", dir="/var/tmp") as t:
         tmp = Path(t)
         a_tgz, b_tgz = tmp / "a.tar.gz", tmp / "b.tar.gz"
         oci_a, oci_b = layer_tgz(args.a, a_tgz), layer_tgz(args.b, b_tgz)
-        print(f"A {args.a}\nB {args.b}")
-        print(f"OCI layers (tar.gz):   A {mb(oci_a)}  B {mb(oci_b)}  A+B {mb(oci_a + oci_b)}")
+        say(f"A {args.a}\nB {args.b}")
+        say(f"OCI layers (tar.gz):   A {mb(oci_a)}  B {mb(oci_b)}  A+B {mb(oci_a + oci_b)}")
         for cs in args.chunk_size:
             a = convert(f"tar:{a_tgz}", tmp / f"a-{cs}", cs)
             b = convert(f"tar:{b_tgz}", tmp / f"b-{cs}", cs)
             bd = convert(f"tar:{b_tgz}", tmp / f"bd-{cs}", cs, "--chunk-dict", str(tmp / f"a-{cs}"))
             alone = a["new_blob"] + b["new_blob"]
             dedup = a["new_blob"] + bd["new_blob"]
-            print(f"chunk size {cs}:")
-            print(f"  vnydus A {mb(a['new_blob'])}  B alone {mb(b['new_blob'])}  A+B {mb(alone)}")
-            print(
+            say(f"chunk size {cs}:")
+            say(f"  vnydus A {mb(a['new_blob'])}  B alone {mb(b['new_blob'])}  A+B {mb(alone)}")
+            say(
                 f"  vnydus B with --chunk-dict A stores {mb(bd['new_blob'])} new; "
                 f"A+B {mb(dedup)} = {dedup / (oci_a + oci_b):.1%} of the OCI layers' bytes "
                 f"(bootstraps: {mb(a['bootstrap'] + bd['bootstrap'])}, gzip-compressed)"
             )
+    if args.write:
+        from bench import results_md
+
+        cmd = " ".join(["python -m bench.dedup_bench", *sys.argv[1:]]).replace(" --write", "")
+        results_md.write_report(
+            "Dedup",
+            cmd,
+            report,
+            "A is debootstrap of Debian 12 minbase, B is minbase + python3; each packed as a"
+            " one-layer tar.gz OCI image (the OCI bytes). B converted with `--chunk-dict A`"
+            " stores only the chunks A lacks.",
+        )
     return 0
 
 

@@ -32,3 +32,17 @@ def _with_header(text: str) -> str:
     first section."""
     first = re.search(r"^## ", text, re.M)
     return HEADER + ("\n" + text[first.start() :] if first else "")
+
+
+def write_report(title: str, command: str, lines: list[str], note: str = "") -> None:
+    """A section holding a script's printed report verbatim, with the command, the date and
+    the load average it ran under."""
+    import datetime
+    import os
+
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    body = (
+        f"Command: `{command}` ({datetime.date.today()}, {os.cpu_count()} CPUs, "
+        f"load average {load} at the end).\n\n```\n" + "\n".join(lines) + "\n```\n"
+    )
+    write_section(title, body + (f"\n{note.strip()}\n" if note else ""))
