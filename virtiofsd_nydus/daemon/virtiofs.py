@@ -66,6 +66,7 @@ class VirtioFsDevice(VirtioDevice):
         self.num_queues = 1 + num_request_queues
         self.max_queue_size = 1024
         self._config = config_space(tag, num_request_queues) if tag else None
+        self._logged: tuple[dict[str, int], dict[str, int]] = ({}, {})
         self._pool = (
             ThreadPoolExecutor(thread_pool_size, thread_name_prefix="fuse")
             if thread_pool_size > 0
@@ -98,14 +99,28 @@ class VirtioFsDevice(VirtioDevice):
             return 0
         return chain.write(reply)
 
+    def log_stats(self) -> None:
+        """One log line of the requests served so far (Python: by op, with errors; C: by op),
+        at each session's end; skipped when nothing changed since the last one."""
+        py = {name: n for name, (n, _) in self.server.stats().items()}
+        errors = {name: e for name, (_, e) in self.server.stats().items() if e}
+        fast = {}
+        if self.fastpath is not None:
+            fast = {k.removeprefix("served_"): v for k, v in self.fastpath.stats().items() if v}
+        if (py or fast) and (py, fast) != self._logged:
+            self._logged = (py, fast)
+            log.info("fuse requests served", python=py, errors=errors, fast_path=fast)
+
     def reset(self) -> None:
         # A new connection or a device reset means a new guest session: the next INIT
         # resets the FUSE session anyway, but forget lookup counts and handles now.
+        self.log_stats()
         self.server.reset()
         if self.fastpath is not None:
             self.fastpath.sync_session()
 
     def close(self) -> None:
+        self.log_stats()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
         if self.fastpath is not None:
