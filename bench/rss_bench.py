@@ -23,7 +23,8 @@ from tests.daemon import rig
 from tests.frontend import fuse_abi as fa
 from tests.frontend.client import FuseClient
 from tests.frontend.frontend import Frontend
-from tests.vm.process import short_tmpdir
+from tests.vm.process import running_daemon, short_tmpdir
+from tests.vm.reference import READY_TEXT
 from virtiofsd_nydus.format.model import Image, Node
 from virtiofsd_nydus.format.writer import write_bootstrap_file
 
@@ -113,7 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     sock = tmp / "rss.sock"
     mb: dict[str, tuple[float, ...]] = {}
     quiet = ["--log-level", "warning"]
-    with rig.our_daemon(sock, image=img, cache_dir=tmp / "cache", extra_args=quiet) as d:
+    # A bare bootstrap (no OCI layout to vouch for it): served with --bootstrap, not --image.
+    argv = [*rig.DAEMON_ARGV, "--socket-path", str(sock), "--bootstrap", str(img / "image.boot")]
+    argv += ["--blob-dir", str(img / "blobs" / "sha256"), "--cache-dir", str(tmp / "cache")]
+    with running_daemon([*argv, *quiet], sock, READY_TEXT) as d:
         pid = d.proc.pid
         mb["after start"] = rss_parts(pid)
         fe = Frontend(str(sock), timeout=30.0).start()

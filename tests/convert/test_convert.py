@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -44,7 +45,12 @@ def test_output_is_an_oci_layout_with_nydus_layers(
     assert [d["mediaType"] for d in data] == ["application/vnd.oci.image.layer.nydus.blob.v1"]
     assert data[0]["annotations"] == {"containerd.io/snapshot/nydus-blob": "true"}
     assert boot["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip"
-    assert boot["annotations"] == {"containerd.io/snapshot/nydus-bootstrap": "true"}
+    # the manifest pins image.boot (a loose file) by this annotation: the daemon checks it
+    boot_sha = "sha256:" + hashlib.sha256((out / "image.boot").read_bytes()).hexdigest()
+    assert boot["annotations"] == {
+        "containerd.io/snapshot/nydus-bootstrap": "true",
+        "io.github.virtiofsd-nydus.bootstrap.sha256": boot_sha,
+    }
     config = json.loads((blobs / manifest["config"]["digest"][7:]).read_text())
     assert config["rootfs"]["diff_ids"][0] == data[0]["digest"]  # a raw blob is its own diff
     assert len(config["rootfs"]["diff_ids"]) == 2
@@ -181,3 +187,25 @@ def test_inspect_ls_and_paths(source_image: tuple[Path, Path], tmp_path: Path) -
     assert "xattr   user.test" in one and "mode 0600" in one
     r = vnydus("inspect", out, "/no/such")
     assert r.returncode == 1 and "no such file" in r.stderr
+
+
+def test_check_compares_image_boot_with_its_annotation(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"some content\n")
+    out = tmp_path / "out"
+    ok("convert", f"dir:{src}", out)
+    assert "ok:" in ok("check", out)
+    # a manifest whose annotation disagrees with image.boot (re-pinned in index.json)
+    index = json.loads((out / "index.json").read_text())
+    manifest = json.loads((out / "blobs/sha256" / index["manifests"][0]["digest"][7:]).read_text())
+    wrong = "sha256:" + "0" * 64
+    manifest["layers"][-1]["annotations"]["io.github.virtiofsd-nydus.bootstrap.sha256"] = wrong
+    data = json.dumps(manifest).encode()
+    (out / "blobs/sha256" / hashlib.sha256(data).hexdigest()).write_bytes(data)
+    index["manifests"][0].update(
+        digest="sha256:" + hashlib.sha256(data).hexdigest(), size=len(data)
+    )
+    (out / "index.json").write_text(json.dumps(index))
+    r = vnydus("check", out)
+    assert r.returncode != 0 and wrong in r.stdout + r.stderr, r.stdout + r.stderr

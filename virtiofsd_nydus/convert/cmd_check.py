@@ -17,16 +17,8 @@ from ..errors import ImageError, VnydusError
 from ..format.reader import Bootstrap
 from . import mediatypes as mt
 from .blobread import LocalBlobs
-from .imagedir import ImageDir
+from .imagedir import ImageDir, sha256_file
 from .manifest import check_digest
-
-
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
 
 
 def _check_oci(img: ImageDir, bs: Bootstrap, boot: bytes) -> list[str]:
@@ -46,6 +38,12 @@ def _check_oci(img: ImageDir, bs: Bootstrap, boot: bytes) -> list[str]:
                 f = tf.extractfile(mt.BOOTSTRAP_TAR_PATH)
                 if f is None or f.read() != boot:
                     problems.append("bootstrap layer does not hold this image.boot")
+            pinned = (boot_layers[0].get("annotations") or {}).get(mt.ANN_BOOTSTRAP_SHA256)
+            got = "sha256:" + hashlib.sha256(boot).hexdigest()
+            if pinned is not None and pinned != got:
+                problems.append(
+                    f"bootstrap is {got}, the manifest's {mt.ANN_BOOTSTRAP_SHA256} says {pinned}"
+                )
         if data_layers != [b.digest for b in bs.blobs]:
             problems.append("manifest data layers differ from the bootstrap's blob table")
     except (OSError, KeyError, tarfile.TarError, EOFError, ImageError) as exc:
@@ -71,7 +69,7 @@ def check(image_dir: str) -> tuple[list[str], str]:
                 problems.append(
                     f"blob {b.digest}: {os.path.getsize(p)} bytes, want {b.compressed_size}"
                 )
-            elif _sha256_file(str(p)) != b.digest:
+            elif sha256_file(p) != b.digest:
                 problems.append(f"blob {b.digest}: content does not match its digest")
         blobs = LocalBlobs(img, bs)
         bad = 0

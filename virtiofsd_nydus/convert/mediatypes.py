@@ -34,4 +34,7 @@ BOOTSTRAP_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 ANN_NYDUS_BLOB = "containerd.io/snapshot/nydus-blob"
 ANN_NYDUS_BOOTSTRAP = "containerd.io/snapshot/nydus-bootstrap"
 ANN_REF_NAME = "org.opencontainers.image.ref.name"
+# Ours: on the bootstrap layer, "sha256:<hex>" of the raw bootstrap (IMAGE_DIR/image.boot's
+# bytes), so the manifest digest pins the loose image.boot the daemon maps.
+ANN_BOOTSTRAP_SHA256 = "io.github.virtiofsd-nydus.bootstrap.sha256"
 BOOTSTRAP_TAR_PATH = "image/image.boot"

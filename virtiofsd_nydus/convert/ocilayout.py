@@ -90,7 +90,10 @@ class LayoutWriter:
                 "mediaType": mt.BOOTSTRAP_LAYER,
                 "digest": boot_digest,
                 "size": boot_size,
-                "annotations": {mt.ANN_NYDUS_BOOTSTRAP: "true"},
+                "annotations": {
+                    mt.ANN_NYDUS_BOOTSTRAP: "true",
+                    mt.ANN_BOOTSTRAP_SHA256: "sha256:" + hashlib.sha256(boot).hexdigest(),
+                },
             }
         )
         config = _config(source_config, platform, [b.digest for b in blobs] + [layer_diff])

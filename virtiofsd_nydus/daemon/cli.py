@@ -4,6 +4,9 @@ Flags follow virtiofsd's, so Kata can launch us where it launches virtiofsd (its
 runtime passes ``--syslog --cache=M --shared-dir=D --fd=3 ...``, its Rust runtime
 ``--socket-path S --shared-dir D --cache M --sandbox none --seccomp none ...``), plus
 ``--image`` / ``--bootstrap --blob-dir`` to serve a converted image.
+
+``--image`` is verified before anything is served: the manifest (``--manifest-digest`` pins
+it) pins image.boot. ``--bootstrap`` is checked only against ``--bootstrap-digest``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import uvloop
 
 from .. import __version__, logs
 from .._cli import run_main
+from ..convert.imagedir import is_sha256_digest
 from ..errors import LocalError
 from ..fuse import CachePolicy
 from . import service
@@ -54,6 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--bootstrap", type=Path, metavar="FILE", help="a bootstrap (+ --blob-dir)")
     what.add_argument("--shared-dir", type=Path, metavar="DIR", help="a host directory")
     p.add_argument("--blob-dir", type=Path, metavar="DIR", help="blobs named by sha256 hex")
+    p.add_argument(
+        "--manifest-digest",
+        type=_digest,
+        metavar="sha256:HEX",
+        help="--image: serve it only if its manifest has this digest (the trust root)",
+    )
+    p.add_argument(
+        "--bootstrap-digest",
+        type=_digest,
+        metavar="sha256:HEX",
+        help="--bootstrap: serve it only if its sha256 is this (without it, you vouch for it)",
+    )
     p.add_argument(
         "--cache-dir",
         type=Path,
@@ -109,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _digest(text: str) -> str:
+    if not is_sha256_digest(text.lower()):
+        raise argparse.ArgumentTypeError(f"want sha256:<64 hex digits>, got {text!r}")
+    return text.lower()
+
+
 def _apply_o(args: argparse.Namespace) -> None:
     for group in args.options:
         for opt in filter(None, group.split(",")):
@@ -141,17 +163,23 @@ def options(args: argparse.Namespace) -> service.Options:
         raise LocalError("give exactly one of --image, --bootstrap, --shared-dir")
     if args.socket_path is None and args.fd is None:
         raise LocalError("give --socket-path SOCK or --fd N")
-    bootstrap, blob_dir = args.bootstrap, args.blob_dir
-    if args.image is not None:
-        bootstrap, blob_dir = service.image_paths(args.image)
-    elif args.bootstrap is not None and blob_dir is None:
+    if args.bootstrap is not None and args.blob_dir is None:
         raise LocalError("--bootstrap needs --blob-dir")
+    if args.image is not None and args.blob_dir is not None:
+        raise LocalError("--blob-dir goes with --bootstrap (an --image has its own)")
+    if args.manifest_digest is not None and args.image is None:
+        raise LocalError("--manifest-digest goes with --image")
+    if args.bootstrap_digest is not None and args.bootstrap is None:
+        raise LocalError("--bootstrap-digest goes with --bootstrap (--image checks its own)")
     default_cache = "auto" if args.shared_dir is not None else "always"
     return service.Options(
         socket_path=args.socket_path,
         fd=args.fd,
-        bootstrap=bootstrap,
-        blob_dir=blob_dir,
+        image_dir=args.image,
+        manifest_digest=args.manifest_digest,
+        bootstrap=args.bootstrap,
+        bootstrap_digest=args.bootstrap_digest,
+        blob_dir=args.blob_dir,
         cache_dir=args.cache_dir,
         shared_dir=args.shared_dir,
         readonly=args.readonly,

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import structlog
 
-from ..errors import LocalError
+from ..convert.imagedir import ImageDir, open_pinned_bootstrap
+from ..errors import ImageError, LocalError
 from ..format.reader import Bootstrap
 from ..fuse import CachePolicy, FileSystem, ImageFS, PassthroughFS, Server
 from ..fuse.fastpath import FastPath
@@ -25,7 +26,6 @@ from .virtiofs import VirtioFsDevice
 log = structlog.get_logger(__name__)
 
 WAITING_LINE = "Waiting for vhost-user socket connection..."
-BOOTSTRAP_NAME = "image.boot"  # inside an image dir made by `vnydus convert`
 
 
 def default_cache_dir() -> Path:
@@ -37,7 +37,10 @@ def default_cache_dir() -> Path:
 class Options:
     socket_path: str | None
     fd: int | None
-    bootstrap: Path | None = None  # serve an image ...
+    image_dir: Path | None = None  # serve an image made by `vnydus convert` (verified) ...
+    manifest_digest: str | None = None  # ... whose manifest must have this digest
+    bootstrap: Path | None = None  # ... or a bootstrap + blob dir
+    bootstrap_digest: str | None = None  # ... checked against this, when given
     blob_dir: Path | None = None
     cache_dir: Path | None = None
     shared_dir: Path | None = None  # ... or a host directory (virtiofsd's passthrough)
@@ -51,14 +54,26 @@ class Options:
     fastpath: bool = True  # serve hot requests of an image in C (fuse/fastpath.py)
 
 
-def image_paths(image_dir: Path) -> tuple[Path, Path]:
-    """(bootstrap, blob dir) of an image directory made by ``vnydus convert``."""
-    boot = image_dir / BOOTSTRAP_NAME
-    if not image_dir.is_dir():
-        raise LocalError(f"--image {image_dir}: not a directory")
-    if not boot.is_file():
-        raise LocalError(f"--image {image_dir}: no {BOOTSTRAP_NAME} (not made by vnydus convert?)")
-    return boot, image_dir / "blobs" / "sha256"
+def open_bootstrap(opts: Options, spill_dir: Path) -> tuple[Bootstrap, Path]:
+    """(mapped bootstrap, blob dir) of what OPTS names, checked as far as it can be.
+
+    ``--image``: index.json → manifest (digest-checked, = ``--manifest-digest`` if given) →
+    bootstrap layer → image.boot's sha256 (see ``ImageDir.open_verified_bootstrap``; an
+    image without image.boot spills its layer's bootstrap to an unnamed file in SPILL_DIR).
+    ``--bootstrap``: checked only against ``--bootstrap-digest``; without it, whoever
+    started us vouches for the file.
+    """
+    if opts.image_dir is not None:
+        if not opts.image_dir.is_dir():
+            raise LocalError(f"--image {opts.image_dir}: not a directory")
+        img = ImageDir(opts.image_dir)
+        bs = img.open_verified_bootstrap(opts.manifest_digest, spill_dir=spill_dir)
+        return bs, img.blob_dir
+    assert opts.bootstrap is not None and opts.blob_dir is not None
+    if opts.bootstrap_digest is None:
+        return Bootstrap.open(opts.bootstrap), opts.blob_dir
+    bs = open_pinned_bootstrap(opts.bootstrap, opts.bootstrap_digest, "--bootstrap-digest")
+    return bs, opts.blob_dir
 
 
 class Service:
@@ -72,7 +87,7 @@ class Service:
         self.cache: CacheDir | None = None
         self._bound = False  # we created the socket file at opts.socket_path
         self.fs: FileSystem
-        if opts.bootstrap is not None:
+        if opts.image_dir is not None or opts.bootstrap is not None:
             self.fs = self._open_image(opts)
         elif opts.shared_dir is not None:
             if not opts.shared_dir.is_dir():
@@ -95,18 +110,19 @@ class Service:
         )
 
     def _open_image(self, opts: Options) -> FileSystem:
-        assert opts.bootstrap is not None
-        if opts.blob_dir is None or not opts.blob_dir.is_dir():
+        if opts.bootstrap is not None and (opts.blob_dir is None or not opts.blob_dir.is_dir()):
             raise LocalError(f"blob directory {opts.blob_dir}: not a directory")
         cache_dir = opts.cache_dir or default_cache_dir()
         try:
             cache_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise LocalError(f"cache directory {cache_dir}: {exc.strerror}") from exc
-        self.bootstrap = Bootstrap.open(opts.bootstrap)
+        self.bootstrap, blob_dir = open_bootstrap(opts, cache_dir)
+        if not blob_dir.is_dir():
+            raise ImageError(f"blob directory {blob_dir}: not a directory")
         self.cache = CacheDir(cache_dir)
         self.store = ChunkStore.from_bootstrap(
-            self.bootstrap, [LocalFsBackend(opts.blob_dir)], self.cache
+            self.bootstrap, [LocalFsBackend(blob_dir)], self.cache
         )
         return ImageFS(self.bootstrap, self.store, policy=opts.cache)
 
@@ -124,7 +140,8 @@ class Service:
         if self.bootstrap is not None:
             log.info(
                 "serving image",
-                bootstrap=str(self.opts.bootstrap),
+                bootstrap=self.bootstrap.name,
+                verified=self.opts.image_dir is not None or self.opts.bootstrap_digest is not None,
                 inodes=self.bootstrap.inode_count,
                 root_digest=self.bootstrap.root_digest.hex(),
                 request_queues=self.opts.num_request_queues,
