@@ -11,6 +11,10 @@
 #define OP_LOOKUP 1
 #define OP_GETATTR 3
 #define OP_READ 15
+#define OP_OPENDIR 27
+#define OP_READDIR 28
+#define OP_RELEASEDIR 29
+#define OP_READDIRPLUS 44
 #define IN_HEADER_SIZE 40
 #define OUT_HEADER_SIZE 16
 #define ATTR_SIZE 88
@@ -18,6 +22,12 @@
 #define ATTR_OUT_SIZE 104
 #define GETATTR_IN_SIZE 16
 #define READ_IN_SIZE 40
+#define OPEN_IN_SIZE 8
+#define OPEN_OUT_SIZE 16
+#define RELEASE_IN_SIZE 24
+#define DIRENT_HEAD 24      /* fuse_dirent without the name */
+#define DIRENTPLUS_HEAD 152 /* fuse_entry_out + fuse_dirent */
+#define DT_DIR_ 4
 #define NAME_MAX_ 255
 #define BLKSIZE 4096
 #define MAX_OFFSET 0x7fffffffffffffffULL
@@ -517,6 +527,141 @@ static int serve_read(struct vn_fs *fs, const struct vn_chain *c, const struct r
     return VN_FB_SERVED;
 }
 
+/* ---- OPENDIR, RELEASEDIR, READDIR, READDIRPLUS ----------------------------------------- */
+
+/* ImageFS.opendir: fh 0, the policy's flags; a bad node or not a directory is Python's. */
+static int serve_opendir(struct vn_fs *fs, const struct vn_chain *c, const struct req *r,
+                         uint32_t *written)
+{
+    uint8_t out[OUT_HEADER_SIZE + OPEN_OUT_SIZE] = {0};
+    if (r->body_len < OPEN_IN_SIZE || r->max_reply < sizeof(out))
+        return VN_FB_MALFORMED;
+    const uint8_t *rec = inode_rec(fs, r->nodeid);
+    if (rec == NULL || (ld32(rec) & S_IFMT_) != S_IFDIR_)
+        return VN_FB_INODE;
+    st32(out + OUT_HEADER_SIZE + 8, fs->opendir_flags);
+    pack_out_header(out, sizeof(out), 0, r->unique);
+    *written = reply(c, out, sizeof(out));
+    return VN_FB_SERVED;
+}
+
+/* Directory handles hold nothing: RELEASEDIR only checks its arguments, as Python does. */
+static int serve_releasedir(const struct vn_chain *c, const struct req *r, uint32_t *written)
+{
+    uint8_t out[OUT_HEADER_SIZE];
+    if (r->body_len < RELEASE_IN_SIZE)
+        return VN_FB_MALFORMED;
+    pack_out_header(out, sizeof(out), 0, r->unique);
+    *written = reply(c, out, sizeof(out));
+    return VN_FB_SERVED;
+}
+
+/* Position p of a directory listing: 0 is ".", 1 is "..", p >= 2 is stored entry p - 2;
+ * its cookie (d_off) is p + 1, as ImageFS.readdir numbers them. */
+struct dent {
+    uint64_t ino;
+    const uint8_t *name;
+    uint32_t nlen;
+    uint32_t type;
+};
+
+static int dent_at(const struct vn_fs *fs, const uint8_t *dir, uint64_t self, uint64_t first,
+                   uint64_t p, struct dent *d)
+{
+    if (p < 2) {
+        d->ino = p == 0 ? self : ld32(dir + 44); /* ".." is the parent field, unchecked */
+        d->name = (const uint8_t *)"..";
+        d->nlen = (uint32_t)p + 1; /* "." is the first byte of ".." */
+        d->type = DT_DIR_;
+        return 1;
+    }
+    const uint8_t *e = record(fs, &fs->dirents, first + p - 2);
+    if (e == NULL)
+        return 0;
+    d->ino = ld32(e + 16);
+    d->nlen = ld16(e + 20);
+    d->type = e[22];
+    d->name = string_at(fs, ld64(e + 8), d->nlen);
+    return d->name != NULL;
+}
+
+/* Server._readdir / _readdirplus over ImageFS.readdir. Two passes: the first finds how
+ * many records fit and checks every bootstrap reference they (and the first record that
+ * does not fit) use, so anything Python would fail on is left to Python untouched; the
+ * second writes the records and, for READDIRPLUS, counts each entry as a lookup. */
+static int serve_readdir(struct vn_fs *fs, const struct vn_chain *c, const struct req *r,
+                         int plus, uint32_t *written)
+{
+    uint8_t in[READ_IN_SIZE];
+    if (r->body_len < READ_IN_SIZE)
+        return VN_FB_MALFORMED;
+    vn_chain_read(c, IN_HEADER_SIZE, in, sizeof(in));
+    uint64_t offset = ld64(in + 8);
+    uint64_t room = ld32(in + 16);
+    if (room > r->max_reply - OUT_HEADER_SIZE)
+        room = r->max_reply - OUT_HEADER_SIZE;
+    if (room > fs->max_write)
+        room = fs->max_write;
+    const uint8_t *dir = inode_rec(fs, r->nodeid);
+    if (dir == NULL || (ld32(dir) & S_IFMT_) != S_IFDIR_)
+        return VN_FB_INODE;
+    uint64_t first = ld64(dir + 48), end = (uint64_t)ld32(dir + 56) + 2;
+    if (first > fs->dirents.count || end - 2 > fs->dirents.count - first)
+        return VN_FB_IMAGE;
+    uint32_t head = plus ? DIRENTPLUS_HEAD : DIRENT_HEAD;
+    uint64_t used = 0, n = 0;
+    struct dent d;
+    for (uint64_t p = offset; p < end; p++, n++) {
+        if (!dent_at(fs, dir, r->nodeid, first, p, &d) || d.nlen > NAME_MAX_)
+            return VN_FB_IMAGE; /* a lying name: Python's (and the buffer below is sized) */
+        uint64_t rec = (head + d.nlen + 7) & ~7u;
+        if (used + rec > room)
+            break;
+        if (plus && p >= 2 && inode_rec(fs, d.ino) == NULL) {
+            if (n == 0)
+                return VN_FB_IMAGE; /* Python answers ESTALE */
+            break;                  /* Python sends what it has */
+        }
+        used += rec;
+    }
+    uint8_t buf[DIRENTPLUS_HEAD + NAME_MAX_ + 8];
+    uint64_t at = OUT_HEADER_SIZE;
+    for (uint64_t p = offset; p < offset + n; p++) {
+        dent_at(fs, dir, r->nodeid, first, p, &d);
+        uint32_t rec = (head + d.nlen + 7) & ~7u;
+        memset(buf, 0, rec);
+        uint8_t *de = buf;
+        if (plus) {
+            if (p >= 2) {
+                st64(buf, d.ino);
+                st64(buf + 16, fs->entry_sec);
+                st64(buf + 24, fs->attr_sec);
+                st32(buf + 32, fs->entry_nsec);
+                st32(buf + 36, fs->attr_nsec);
+                pack_attr(buf + 40, d.ino, inode_rec(fs, d.ino), fs->chunk_size);
+            }
+            de = buf + ENTRY_OUT_SIZE;
+        }
+        st64(de, d.ino);
+        st64(de + 8, p + 1);
+        st32(de + 16, d.nlen);
+        st32(de + 20, d.type);
+        memcpy(de + DIRENT_HEAD, d.name, d.nlen);
+        vn_chain_write(c, at, buf, rec);
+        at += rec;
+    }
+    if (plus)
+        for (uint64_t p = offset < 2 ? 2 : offset; p < offset + n; p++) {
+            dent_at(fs, dir, r->nodeid, first, p, &d);
+            vn_fs_lookup_add(fs, d.ino);
+        }
+    uint8_t out[OUT_HEADER_SIZE];
+    pack_out_header(out, (uint32_t)at, 0, r->unique);
+    vn_chain_write(c, 0, out, sizeof(out));
+    *written = (uint32_t)at;
+    return VN_FB_SERVED;
+}
+
 /* ---- dispatch --------------------------------------------------------------------------- */
 
 int vn_fs_serve(struct vn_fs *fs, const struct vn_chain *c, uint32_t *written)
@@ -527,8 +672,13 @@ int vn_fs_serve(struct vn_fs *fs, const struct vn_chain *c, uint32_t *written)
     int rc = parse_header(c, &r);
     if (rc != VN_FB_SERVED)
         return rc;
-    if (r.opcode != OP_LOOKUP && r.opcode != OP_GETATTR && r.opcode != OP_READ)
+    switch (r.opcode) {
+    case OP_LOOKUP: case OP_GETATTR: case OP_READ:
+    case OP_OPENDIR: case OP_READDIR: case OP_READDIRPLUS: case OP_RELEASEDIR:
+        break;
+    default:
         return VN_FB_OPCODE;
+    }
     if (!__atomic_load_n(&fs->initialized, __ATOMIC_ACQUIRE))
         return VN_FB_NOT_INIT;
     switch (r.opcode) {
@@ -542,10 +692,26 @@ int vn_fs_serve(struct vn_fs *fs, const struct vn_chain *c, uint32_t *written)
         if (rc == VN_FB_SERVED)
             fs->served[VN_FS_GETATTR]++;
         return rc;
-    default:
+    case OP_READ:
         rc = serve_read(fs, c, &r, written);
         if (rc == VN_FB_SERVED)
             fs->served[VN_FS_READ]++;
+        return rc;
+    case OP_OPENDIR:
+        rc = serve_opendir(fs, c, &r, written);
+        if (rc == VN_FB_SERVED)
+            fs->served[VN_FS_OPENDIR]++;
+        return rc;
+    case OP_READDIR:
+    case OP_READDIRPLUS:
+        rc = serve_readdir(fs, c, &r, r.opcode == OP_READDIRPLUS, written);
+        if (rc == VN_FB_SERVED)
+            fs->served[r.opcode == OP_READDIRPLUS ? VN_FS_READDIRPLUS : VN_FS_READDIR]++;
+        return rc;
+    default:
+        rc = serve_releasedir(c, &r, written);
+        if (rc == VN_FB_SERVED)
+            fs->served[VN_FS_RELEASEDIR]++;
         return rc;
     }
 }

@@ -15,10 +15,18 @@ from pathlib import Path
 import pytest
 
 from tests.fastpath.rig import Req, Rig
-from tests.fastpath.test_fastpath import getattr_req, lookup_req, read_req
+from tests.fastpath.test_fastpath import (
+    dir_req,
+    getattr_req,
+    lookup_req,
+    opendir_req,
+    read_req,
+    releasedir_req,
+)
 from tests.fuse.images import CS, Built
 from virtiofsd_nydus.format import layout as L
 from virtiofsd_nydus.format.reader import Bootstrap
+from virtiofsd_nydus.fuse.abi import Opcode
 from virtiofsd_nydus.storage import CacheDir, ChunkStore, LocalFsBackend
 
 Mutation = Callable[[bytearray, Bootstrap], None]
@@ -45,6 +53,9 @@ def requests_for(sound: Bootstrap) -> list[Req]:
             names = [n for n, _ in sound.readdir(ino)][:40]
             reqs.extend(lookup_req(ino, n) for n in names)
             reqs.append(lookup_req(ino, b"missing-name-xyz"))
+            reqs += [opendir_req(ino), releasedir_req(ino)]
+            for op in (Opcode.READDIR, Opcode.READDIRPLUS):
+                reqs += [dir_req(op, ino, off) for off in (0, 2, 7)]
         elif node.is_reg:
             for off in (0, CS - 1, 3 * CS, node.size - 1, 1 << 40):
                 reqs.append(read_req(ino, max(off, 0), 2 * CS + 3))

@@ -327,6 +327,11 @@ class ImageFS(FileSystem):
         return min(pos, size)
 
     # --- directories ----------------------------------------------------------------------------
+    @property
+    def opendir_flags(self) -> int:
+        """open_flags of every OPENDIR reply (the C fast path answers with them too)."""
+        return self._dir_flags
+
     def opendir(self, ino: int, flags: int) -> tuple[int, int]:
         if not self._inode(ino).is_dir:
             raise fs_error(errno.ENOTDIR)
