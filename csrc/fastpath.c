@@ -10,7 +10,10 @@
 /* FUSE ABI (include/uapi/linux/fuse.h) */
 #define OP_LOOKUP 1
 #define OP_GETATTR 3
+#define OP_OPEN 14
 #define OP_READ 15
+#define OP_RELEASE 18
+#define OP_FLUSH 25
 #define OP_OPENDIR 27
 #define OP_READDIR 28
 #define OP_RELEASEDIR 29
@@ -25,6 +28,9 @@
 #define OPEN_IN_SIZE 8
 #define OPEN_OUT_SIZE 16
 #define RELEASE_IN_SIZE 24
+#define FLUSH_IN_SIZE 24
+#define O_ACCMODE_ 3
+#define O_TRUNC_ 01000
 #define DIRENT_HEAD 24      /* fuse_dirent without the name */
 #define DIRENTPLUS_HEAD 152 /* fuse_entry_out + fuse_dirent */
 #define DT_DIR_ 4
@@ -527,7 +533,7 @@ static int serve_read(struct vn_fs *fs, const struct vn_chain *c, const struct r
     return VN_FB_SERVED;
 }
 
-/* ---- OPENDIR, RELEASEDIR, READDIR, READDIRPLUS ----------------------------------------- */
+/* ---- OPEN, FLUSH, RELEASE, OPENDIR, RELEASEDIR, READDIR, READDIRPLUS -------------------------------------- */
 
 /* ImageFS.opendir: fh 0, the policy's flags; a bad node or not a directory is Python's. */
 static int serve_opendir(struct vn_fs *fs, const struct vn_chain *c, const struct req *r,
@@ -545,11 +551,35 @@ static int serve_opendir(struct vn_fs *fs, const struct vn_chain *c, const struc
     return VN_FB_SERVED;
 }
 
-/* Directory handles hold nothing: RELEASEDIR only checks its arguments, as Python does. */
-static int serve_releasedir(const struct vn_chain *c, const struct req *r, uint32_t *written)
+/* ImageFS.open of a non-directory for reading: fh 0, the policy's flags. Directories
+ * (EISDIR), writes and O_TRUNC (EROFS) and bad nodes (ESTALE) are Python's to answer. */
+static int serve_open(struct vn_fs *fs, const struct vn_chain *c, const struct req *r,
+                      uint32_t *written)
+{
+    uint8_t out[OUT_HEADER_SIZE + OPEN_OUT_SIZE] = {0};
+    uint8_t in[OPEN_IN_SIZE];
+    if (r->body_len < OPEN_IN_SIZE || r->max_reply < sizeof(out))
+        return VN_FB_MALFORMED;
+    vn_chain_read(c, IN_HEADER_SIZE, in, sizeof(in));
+    uint32_t flags = ld32(in);
+    const uint8_t *rec = inode_rec(fs, r->nodeid);
+    if (rec == NULL || (ld32(rec) & S_IFMT_) == S_IFDIR_)
+        return VN_FB_INODE;
+    if ((flags & O_ACCMODE_) != 0 || (flags & O_TRUNC_))
+        return VN_FB_OPCODE; /* EROFS, from Python */
+    st32(out + OUT_HEADER_SIZE + 8, fs->open_flags);
+    pack_out_header(out, sizeof(out), 0, r->unique);
+    *written = reply(c, out, sizeof(out));
+    return VN_FB_SERVED;
+}
+
+/* Handles hold nothing: RELEASEDIR, RELEASE and FLUSH only check their arguments' size,
+ * as Python does. */
+static int serve_noop(const struct vn_chain *c, const struct req *r, uint32_t in_size,
+                      uint32_t *written)
 {
     uint8_t out[OUT_HEADER_SIZE];
-    if (r->body_len < RELEASE_IN_SIZE)
+    if (r->body_len < in_size)
         return VN_FB_MALFORMED;
     pack_out_header(out, sizeof(out), 0, r->unique);
     *written = reply(c, out, sizeof(out));
@@ -675,6 +705,7 @@ int vn_fs_serve(struct vn_fs *fs, const struct vn_chain *c, uint32_t *written)
     switch (r.opcode) {
     case OP_LOOKUP: case OP_GETATTR: case OP_READ:
     case OP_OPENDIR: case OP_READDIR: case OP_READDIRPLUS: case OP_RELEASEDIR:
+    case OP_OPEN: case OP_FLUSH: case OP_RELEASE:
         break;
     default:
         return VN_FB_OPCODE;
@@ -708,8 +739,23 @@ int vn_fs_serve(struct vn_fs *fs, const struct vn_chain *c, uint32_t *written)
         if (rc == VN_FB_SERVED)
             fs->served[r.opcode == OP_READDIRPLUS ? VN_FS_READDIRPLUS : VN_FS_READDIR]++;
         return rc;
+    case OP_OPEN:
+        rc = serve_open(fs, c, &r, written);
+        if (rc == VN_FB_SERVED)
+            fs->served[VN_FS_OPEN]++;
+        return rc;
+    case OP_FLUSH:
+        rc = serve_noop(c, &r, FLUSH_IN_SIZE, written);
+        if (rc == VN_FB_SERVED)
+            fs->served[VN_FS_FLUSH]++;
+        return rc;
+    case OP_RELEASE:
+        rc = serve_noop(c, &r, RELEASE_IN_SIZE, written);
+        if (rc == VN_FB_SERVED)
+            fs->served[VN_FS_RELEASE]++;
+        return rc;
     default:
-        rc = serve_releasedir(c, &r, written);
+        rc = serve_noop(c, &r, RELEASE_IN_SIZE, written);
         if (rc == VN_FB_SERVED)
             fs->served[VN_FS_RELEASEDIR]++;
         return rc;

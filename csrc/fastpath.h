@@ -1,7 +1,8 @@
 /* The hot FUSE requests served in C, straight from a virtqueue.
  *
  * vn_fs_drain pops chains and answers LOOKUP, GETATTR, READ (of cached, verified chunks),
- * OPENDIR, READDIR, READDIRPLUS and RELEASEDIR against the mapped bootstrap, without Python. Anything else, and anything in doubt
+ * OPEN (read-only), FLUSH, RELEASE, OPENDIR, READDIR, READDIRPLUS and RELEASEDIR against
+ * the mapped bootstrap, without Python. Anything else, and anything in doubt
  * (malformed header, corrupt bootstrap reference, chunk not verified, short buffer), is
  * handed back to the caller untouched so the Python server answers it: the replies written
  * here are byte-identical to what virtiofsd_nydus/fuse/server.py + imagefs.py produce.
@@ -34,7 +35,8 @@ enum vn_fs_fallback {
 
 enum vn_fs_served {
     VN_FS_LOOKUP = 0, VN_FS_GETATTR = 1, VN_FS_READ = 2, VN_FS_OPENDIR = 3, VN_FS_READDIR = 4,
-    VN_FS_READDIRPLUS = 5, VN_FS_RELEASEDIR = 6, VN_FS_NSERVED = 7
+    VN_FS_READDIRPLUS = 5, VN_FS_RELEASEDIR = 6, VN_FS_OPEN = 7, VN_FS_FLUSH = 8,
+    VN_FS_RELEASE = 9, VN_FS_NSERVED = 10
 };
 
 /* A blob's local cache: data file and the in-memory "verified this lifetime" bitmap. */
@@ -66,6 +68,7 @@ struct vn_fs {
     uint32_t negative_entries;  /* answer a missing name with a cacheable negative entry */
     uint32_t max_write;         /* the server's max_write: READ replies are capped by it */
     uint32_t opendir_flags;     /* open_flags of an OPENDIR reply (FOPEN_CACHE_DIR ...) */
+    uint32_t open_flags;        /* open_flags of a read-only OPEN reply (FOPEN_KEEP_CACHE ...) */
     uint32_t initialized;       /* a FUSE session is up (set from Python, read here) */
     uint32_t proto_minor;
     uint32_t read_enabled;      /* serve READ (a ChunkStore with caches is attached) */

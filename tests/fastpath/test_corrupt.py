@@ -23,9 +23,11 @@ from tests.fastpath.test_fastpath import (
     read_req,
     releasedir_req,
 )
+from tests.fuse import wire
 from tests.fuse.images import CS, Built
 from virtiofsd_nydus.format import layout as L
 from virtiofsd_nydus.format.reader import Bootstrap
+from virtiofsd_nydus.fuse import abi
 from virtiofsd_nydus.fuse.abi import Opcode
 from virtiofsd_nydus.storage import CacheDir, ChunkStore, LocalFsBackend
 
@@ -57,6 +59,7 @@ def requests_for(sound: Bootstrap) -> list[Req]:
             for op in (Opcode.READDIR, Opcode.READDIRPLUS):
                 reqs += [dir_req(op, ino, off) for off in (0, 2, 7)]
         elif node.is_reg:
+            reqs.append(Req(wire.request(Opcode.OPEN, abi.OPEN_IN.pack(0, 0), nodeid=ino)))
             for off in (0, CS - 1, 3 * CS, node.size - 1, 1 << 40):
                 reqs.append(read_req(ino, max(off, 0), 2 * CS + 3))
         del path

@@ -254,7 +254,7 @@ def test_wrong_types_and_other_ops_fall_back(rig: Rig) -> None:
     assert not any(r.served for r in res)
     check_identical(res, all_served=False)
     stats = rig.fp.stats()
-    assert stats["fallback_inode"] == 2 and stats["fallback_opcode"] == 3
+    assert stats["fallback_inode"] == 3 and stats["fallback_opcode"] == 2  # OPEN of a dir: inode
 
 
 def test_lookup_counts_shared_with_python_forget(rig: Rig) -> None:
@@ -428,3 +428,42 @@ def test_directory_ops_on_other_nodes_fall_back(rig: Rig) -> None:
     assert not any(r.served for r in res)
     # RELEASEDIR holds nothing to check: any node, served.
     check_identical(rig.run([releasedir_req(forty), releasedir_req(1 << 40)]))
+
+
+@pytest.mark.parametrize("policy", [CachePolicy.ALWAYS, CachePolicy.NEVER, CachePolicy.AUTO])
+def test_open_flush_release(make_rig: RigFactory, policy: CachePolicy) -> None:
+    """Read-only OPEN of every non-directory in C; writes, O_TRUNC and directories: Python."""
+    rig = make_rig(policy=policy)
+    served: list[Req] = []
+    left: list[Req] = []
+    modes = {
+        os.O_RDONLY: True,
+        os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_DIRECT: True,
+        os.O_WRONLY: False,
+        os.O_RDWR: False,
+        os.O_ACCMODE: False,
+        os.O_RDONLY | os.O_TRUNC: False,
+    }
+    for _, ino in [*rig.bs.walk(), ("", 0), ("", rig.bs.inode_count + 1)]:
+        real = 0 < ino <= rig.bs.inode_count
+        is_dir = real and rig.bs.inode(ino).is_dir
+        for flags, ok in modes.items():
+            r = Req(wire.request(Opcode.OPEN, abi.OPEN_IN.pack(flags, 0), nodeid=ino))
+            (served if ok and real and not is_dir else left).append(r)
+        served.append(Req(wire.request(Opcode.FLUSH, abi.FLUSH_IN.pack(7, 0, 0, 9), nodeid=ino)))
+        served.append(
+            Req(wire.request(Opcode.RELEASE, abi.RELEASE_IN.pack(7, 0, 0, 0), nodeid=ino))
+        )
+    check_identical(rig.run(served))
+    res = rig.run(left)
+    check_identical(res, all_served=False)
+    assert not any(r.served for r in res)
+    short = [
+        Req(wire.request(Opcode.OPEN, b"\0" * 7, nodeid=1)),
+        Req(wire.request(Opcode.FLUSH, b"\0" * 23, nodeid=1)),
+        Req(wire.request(Opcode.RELEASE, b"\0" * 23, nodeid=1)),
+        Req(wire.request(Opcode.OPEN, abi.OPEN_IN.pack(0, 0), nodeid=2), write=31),
+    ]
+    res = rig.run(short)
+    check_identical(res, all_served=False)
+    assert not any(r.served for r in res)

@@ -1,8 +1,8 @@
 """The C fast path for hot FUSE requests (csrc/fastpath.c), set up from Python.
 
 ``FastPath(server, imagefs, store)`` hands the C core what it needs to answer LOOKUP,
-GETATTR, READ of verified cached chunks, OPENDIR, READDIR, READDIRPLUS and RELEASEDIR
-without Python: the mapped bootstrap and its
+GETATTR, READ of verified cached chunks, OPEN (read-only), FLUSH, RELEASE, OPENDIR,
+READDIR, READDIRPLUS and RELEASEDIR without Python: the mapped bootstrap and its
 section table, each blob's cache fd and "verified" bitmap, the cache timeouts, the
 session state and a lookup-count array shared with the image fs (so a FORGET handled in
 Python decrements the counts C incremented). A virtqueue whose ``fast_drain`` is set to
@@ -45,6 +45,9 @@ SERVED_OPS: dict[int, str] = {
     lib.VN_FS_READDIR: "READDIR",
     lib.VN_FS_READDIRPLUS: "READDIRPLUS",
     lib.VN_FS_RELEASEDIR: "RELEASEDIR",
+    lib.VN_FS_OPEN: "OPEN",
+    lib.VN_FS_FLUSH: "FLUSH",
+    lib.VN_FS_RELEASE: "RELEASE",
 }
 
 
@@ -113,6 +116,7 @@ class FastPath:
         c.negative_entries = 1 if t.entry_sec else 0  # as ImageFS decides negative entries
         c.max_write = server.max_write
         c.opendir_flags = fs.opendir_flags
+        c.open_flags = fs.open_flags
         self._lookups_arr: Any = ffi.new("uint32_t[]", bs.inode_count + 1)
         c.lookups = self._lookups_arr
         c.nlookups = bs.inode_count + 1

@@ -328,6 +328,11 @@ class ImageFS(FileSystem):
 
     # --- directories ----------------------------------------------------------------------------
     @property
+    def open_flags(self) -> int:
+        """open_flags of every read-only OPEN reply (the C fast path answers with them too)."""
+        return self._open_flags
+
+    @property
     def opendir_flags(self) -> int:
         """open_flags of every OPENDIR reply (the C fast path answers with them too)."""
         return self._dir_flags
