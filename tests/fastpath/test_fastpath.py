@@ -322,7 +322,8 @@ def test_device_keeps_the_session_in_step(make_rig: RigFactory) -> None:
     dev = VirtioFsDevice(rig.server, fastpath=rig.fp)
     rig.q.fast_drain = None
     dev.queue_started(rig.q)
-    assert rig.q.fast_drain is rig.fp
+    drain = rig.q.fast_drain  # the fast path, behind the bootstrap RSS budget's check
+    assert drain is rig.fp or getattr(drain, "fastpath", None) is rig.fp
     rig.device = dev  # left-overs go through the device's own path
     init = wire.request(
         Opcode.INIT, wire.init_body(flags=wire.KERNEL_FLAGS, flags2=wire.KERNEL_FLAGS2)

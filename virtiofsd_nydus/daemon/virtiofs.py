@@ -8,6 +8,10 @@ they run inline on the loop, as virtiofsd's default single worker does.
 With a ``FastPath`` (fuse/fastpath.py), request queues pop through its C drain: hot
 requests (LOOKUP, GETATTR, READ of cached chunks) are answered in C, and only the rest
 reach ``handle`` as Chain objects.
+
+Serving an image, the device keeps the bootstrap's resident pages in check
+(``residency.ResidentBudget``): after every pop and every batch Python answers, it trims
+the mapping once this process's file pages have grown by more than ``bootstrap_budget``.
 """
 
 from __future__ import annotations
@@ -17,13 +21,16 @@ import functools
 import struct
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import structlog
 
 from ..fuse.fastpath import FastPath
+from ..fuse.imagefs import ImageFS
 from ..fuse.server import Server
 from ..vhost.device import VirtioDevice
 from ..vhost.vring import Chain, Virtqueue
+from .residency import DEFAULT_BUDGET, ResidentBudget
 
 log = structlog.get_logger(__name__)
 
@@ -40,13 +47,32 @@ def config_space(tag: str, num_request_queues: int) -> bytes:
     return raw.ljust(TAG_SIZE, b"\0") + struct.pack("<I", num_request_queues)
 
 
-def _complete(queue: Virtqueue, chain: Chain, fut: asyncio.Future[int]) -> None:
+def _complete(
+    queue: Virtqueue, chain: Chain, budget: ResidentBudget | None, fut: asyncio.Future[int]
+) -> None:
     try:
         written = fut.result()
     except Exception:  # _serve never raises on purpose: a bug; answer nothing, log it
         log.exception("virtio-fs request failed")
         written = 0
     queue.complete(chain, written)
+    if budget is not None:
+        budget.check()
+
+
+class _BudgetedDrain:
+    """The fast path's drain, then a look at the bootstrap's resident pages."""
+
+    def __init__(self, fastpath: FastPath, budget: ResidentBudget) -> None:
+        self.fastpath = fastpath
+        self.budget = budget
+
+    def drain(
+        self, vq: Any, chains: Any, max_chains: int, iovs: Any, iov_cap: int, call_fd: int
+    ) -> int:
+        n = self.fastpath.drain(vq, chains, max_chains, iovs, iov_cap, call_fd)
+        self.budget.check()
+        return n
 
 
 class VirtioFsDevice(VirtioDevice):
@@ -58,6 +84,7 @@ class VirtioFsDevice(VirtioDevice):
         tag: str | None = None,
         thread_pool_size: int = 0,
         fastpath: FastPath | None = None,
+        bootstrap_budget: int | None = DEFAULT_BUDGET,
     ) -> None:
         if not 1 <= num_request_queues <= 64:
             raise ValueError("num_request_queues must be 1..64")
@@ -72,23 +99,34 @@ class VirtioFsDevice(VirtioDevice):
             if thread_pool_size > 0
             else None
         )
+        # Bytes the mapped bootstrap may add to our RSS before it is trimmed (None: never).
+        self.budget = (
+            ResidentBudget.for_bootstrap(server.fs.bs, bootstrap_budget)
+            if isinstance(server.fs, ImageFS)
+            else None
+        )
 
     def config(self) -> bytes | None:
         return self._config
 
     def queue_started(self, queue: Virtqueue) -> None:
         if self.fastpath is not None and queue.index != HIPRIO_QUEUE:
-            queue.fast_drain = self.fastpath
+            budget = self.budget
+            queue.fast_drain = (
+                self.fastpath if budget is None else _BudgetedDrain(self.fastpath, budget)
+            )
 
     def handle(self, queue: Virtqueue, chains: Sequence[Chain]) -> None:
         if self._pool is None:
             for chain in chains:
                 queue.complete(chain, self._serve(chain))
+            if self.budget is not None:
+                self.budget.check()
             return
         loop = asyncio.get_running_loop()
         for chain in chains:
             fut = loop.run_in_executor(self._pool, self._serve, chain)
-            fut.add_done_callback(functools.partial(_complete, queue, chain))
+            fut.add_done_callback(functools.partial(_complete, queue, chain, self.budget))
 
     def _serve(self, chain: Chain) -> int:
         """Answer one chain; the number of reply bytes written into it."""
@@ -109,7 +147,14 @@ class VirtioFsDevice(VirtioDevice):
             fast = {k.removeprefix("served_"): v for k, v in self.fastpath.stats().items() if v}
         if (py or fast) and (py, fast) != self._logged:
             self._logged = (py, fast)
-            log.info("fuse requests served", python=py, errors=errors, fast_path=fast)
+            trims = self.budget.trims if self.budget is not None else 0
+            log.info(
+                "fuse requests served",
+                python=py,
+                errors=errors,
+                fast_path=fast,
+                bootstrap_trims=trims,
+            )
 
     def reset(self) -> None:
         # A new connection or a device reset means a new guest session: the next INIT
@@ -125,3 +170,5 @@ class VirtioFsDevice(VirtioDevice):
             self._pool.shutdown(wait=True, cancel_futures=True)
         if self.fastpath is not None:
             self.fastpath.close()
+        if self.budget is not None:
+            self.budget.close()

@@ -209,6 +209,27 @@ class Bootstrap:
     def from_bytes(cls, data: bytes) -> Bootstrap:
         return cls(bytes(data))
 
+    @property
+    def mapped(self) -> bool:
+        """True if the bytes are a file mapping (``open``), not a copy (``from_bytes``)."""
+        return isinstance(self._buf, mmap.mmap)
+
+    def trim(self) -> bool:
+        """Drop this process's page-table entries for the whole mapping (MADV_DONTNEED).
+
+        The mapping is shared and read-only, so nothing is lost: the pages stay in the
+        page cache and the next access faults them back in (a minor fault, no I/O unless
+        the kernel reclaimed them meanwhile). Addresses stay valid, so views of the
+        mapping and the C fast path's pointer into it keep working, and other threads may
+        read it meanwhile. Bounds the file pages counted in this process's RSS (and OOM
+        score). False for a ``from_bytes`` bootstrap or a closed one (nothing to drop).
+        """
+        buf = self._buf
+        if not isinstance(buf, mmap.mmap) or buf.closed:
+            return False
+        buf.madvise(mmap.MADV_DONTNEED)
+        return True
+
     def close(self) -> None:
         for view in self._views:
             view.release()
@@ -495,13 +516,20 @@ class Bootstrap:
                 stack.append((path, self.readdir_typed(cino)))
 
     def verify(self) -> None:
-        """Check every section against its digest in the (already checked) header. O(size)."""
-        verify.sections(self)
+        """Check every section against its digest in the (already checked) header. O(size).
+        Reads the whole mapping, so it trims it afterwards (see ``trim``)."""
+        try:
+            verify.sections(self)
+        finally:
+            self.trim()
 
     def verify_merkle(self) -> None:
         """Recompute every inode's digest and the root's; check the invariants lookups and
-        reads rely on. O(image). See format/verify.py."""
-        verify.merkle_tree(self)
+        reads rely on. O(image). See format/verify.py. Trims the mapping afterwards."""
+        try:
+            verify.merkle_tree(self)
+        finally:
+            self.trim()
 
     def to_image(self) -> model.Image:
         """Rebuild the model (hard links become one shared Node). O(image)."""
