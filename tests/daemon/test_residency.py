@@ -92,3 +92,16 @@ def test_the_device_checks_after_each_fast_drain(boot: Path) -> None:
         off = VirtioFsDevice(Server(ImageFS(bs, chunks=None)), bootstrap_budget=None)  # type: ignore[arg-type]
         assert off.budget is None
         off.close()
+
+
+def test_the_budget_is_a_daemon_flag() -> None:
+    from virtiofsd_nydus.daemon import cli
+
+    base = ["--socket-path", "/tmp/x.sock", "--shared-dir", "/tmp"]
+
+    def budget(*extra: str) -> int | None:
+        return cli.options(cli.build_parser().parse_args([*base, *extra])).bootstrap_budget
+
+    assert budget() == 32 << 20
+    assert budget("--bootstrap-rss-budget", "64") == 64 << 20
+    assert budget("--bootstrap-rss-budget", "0") is None

@@ -24,6 +24,7 @@ from ..convert.imagedir import is_sha256_digest
 from ..errors import LocalError
 from ..fuse import CachePolicy
 from . import service
+from .residency import DEFAULT_BUDGET
 
 PROG = "virtiofsd-nydus"
 
@@ -97,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="after a front-end disconnects, wait for the next one",
     )
+    p.add_argument(
+        "--bootstrap-rss-budget",
+        type=_mib,
+        default=DEFAULT_BUDGET >> 20,
+        metavar="MIB",
+        help="trim the mapped bootstrap from our RSS once file pages grew this much "
+        f"(default {DEFAULT_BUDGET >> 20}; 0: never)",
+    )
     p.add_argument("--log-level", default="info", choices=sorted(logs.LEVELS))
     p.add_argument("--log-format", choices=["json", "console"], default="console")
     p.add_argument(
@@ -123,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="virtiofsd-style options (cache=, xattr, announce_submounts, ...)",
     )
     return p
+
+
+def _mib(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"want a whole number of MiB, got {text!r}")
+    return int(text)
 
 
 def _digest(text: str) -> str:
@@ -189,6 +204,7 @@ def options(args: argparse.Namespace) -> service.Options:
         num_request_queues=args.num_request_queues,
         thread_pool_size=args.thread_pool_size,
         reconnect=args.reconnect,
+        bootstrap_budget=(args.bootstrap_rss_budget << 20) or None,
     )
 
 

@@ -21,6 +21,7 @@ from ..fuse import CachePolicy, FileSystem, ImageFS, PassthroughFS, Server
 from ..fuse.fastpath import FastPath
 from ..storage import CacheDir, ChunkStore, LocalFsBackend
 from ..vhost import connection
+from .residency import DEFAULT_BUDGET
 from .virtiofs import VirtioFsDevice
 
 log = structlog.get_logger(__name__)
@@ -52,6 +53,7 @@ class Options:
     thread_pool_size: int = 0
     reconnect: bool = False
     fastpath: bool = True  # serve hot requests of an image in C (fuse/fastpath.py)
+    bootstrap_budget: int | None = DEFAULT_BUDGET  # bytes mapped before a trim (residency.py)
 
 
 def open_bootstrap(opts: Options, spill_dir: Path) -> tuple[Bootstrap, Path]:
@@ -107,6 +109,7 @@ class Service:
             tag=opts.tag,
             thread_pool_size=opts.thread_pool_size,
             fastpath=fastpath,
+            bootstrap_budget=opts.bootstrap_budget,
         )
 
     def _open_image(self, opts: Options) -> FileSystem:
