@@ -24,12 +24,18 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def local_registry(tmp: Path, users: dict[str, str] | None = None) -> Iterator[str]:
-    """Start docker-registry on 127.0.0.1:<free port>; yields "127.0.0.1:PORT"."""
+def local_registry(
+    tmp: Path, users: dict[str, str] | None = None, auth_config: str | None = None
+) -> Iterator[str]:
+    """Start docker-registry on 127.0.0.1:<free port>; yields "127.0.0.1:PORT".
+
+    ``users``: htpasswd (Basic) auth; ``auth_config``: an ``auth:`` section of its own (the
+    token server's, see tokenserver.py).
+    """
     port = free_port()
     root = tmp / "storage"
     root.mkdir(parents=True, exist_ok=True)
-    auth = ""
+    auth = auth_config or ""
     if users:
         htpasswd = tmp / "htpasswd"
         htpasswd.write_text(

@@ -1,9 +1,9 @@
 """A small OCI distribution client on httpx: auth, manifests, blobs (pull and push).
 
 Auth follows the registry's WWW-Authenticate challenge: Basic with the credentials we have,
-or Bearer (token from the realm, anonymous or with Basic credentials). A 401 later on
-(an expired token) re-authenticates once. ``tls_verify=False`` also allows plain HTTP, as
-skopeo does for local registries.
+or Bearer (a token from the realm, anonymous or with Basic credentials, cached per scope).
+A 401 later on (an expired token) re-authenticates and sends the request once more.
+``tls_verify=False`` also allows plain HTTP, as skopeo does for local registries.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -77,9 +78,15 @@ class RegistryClient:
         self.ref = ref
         self.host = ref.api_host
         self.repo = ref.repository
-        self._creds = creds or find_credentials(ref.registry, ref.repository)
-        self._scope = f"repository:{self.repo}:pull" + (",push" if push else "")
-        self._auth: str | None = None
+        # Stored credentials are looked up on the first challenge only: an anonymous registry
+        # never runs a credential helper.
+        self._creds = creds
+        self._creds_known = creds is not None
+        self._actions = ("pull", "push") if push else ("pull",)
+        self._scope = f"repository:{self.repo}:{','.join(self._actions)}"
+        self._auth: str | None = None  # the Authorization header sent with each request
+        self._tokens: dict[str, str] = {}  # bearer tokens by the scopes they were asked for
+        self._lock = threading.Lock()  # layer downloads run on another thread
         self._client = httpx.Client(
             verify=tls_verify,
             timeout=httpx.Timeout(timeout, connect=15.0),
@@ -109,74 +116,147 @@ class RegistryClient:
                 last = exc
                 continue
             if resp.status_code == 401:
-                self._authenticate(resp)
+                self._authenticate(resp, None)
             elif resp.status_code >= 400 and resp.status_code != 404:
                 raise BackendError(f"registry {self.host}: /v2/ answered HTTP {resp.status_code}")
             return base
         raise BackendError(f"registry {self.host}: cannot connect ({last})")
 
-    def _authenticate(self, resp: httpx.Response) -> None:
+    def _credentials(self) -> Credentials | None:
+        if not self._creds_known:
+            self._creds = find_credentials(self.ref.registry, self.repo)
+            self._creds_known = True
+        return self._creds
+
+    def _unauthorized(self, resp: httpx.Response | None = None) -> BackendError:
+        creds = self._credentials()
+        if creds is None:
+            why = "no credentials given or found"
+        else:
+            why = f"as {creds.username}"
+            if resp is not None:
+                with contextlib.suppress(httpx.HTTPError):
+                    resp.read()
+                text = _error_text(resp)
+                why += f": {text}" if text and text != resp.reason_phrase else ""
+        return BackendError(f"registry {self.host}: 401 unauthorized for {self.repo} ({why})")
+
+    def _authenticate(self, resp: httpx.Response, sent: str | None) -> None:
+        """Answer a 401 to a request that carried ``sent`` as its Authorization header."""
         header = resp.headers.get("www-authenticate", "")
         scheme, params = parse_challenge(header)
-        if scheme == "basic":
-            if self._creds is None:
+        with self._lock:
+            if self._auth != sent:
+                return  # another thread renewed it meanwhile: try that
+            if scheme == "basic":
+                creds = self._credentials()
+                if creds is None:
+                    raise self._unauthorized()
+                token = f"{creds.username}:{creds.password}".encode()
+                auth = "Basic " + base64.b64encode(token).decode()
+                if auth == sent:  # the same credentials again would fail again
+                    raise self._unauthorized(resp)
+            elif scheme == "bearer" and params.get("realm"):
+                scopes = self._scopes(params.get("scope", ""))
+                key = " ".join(scopes)
+                cached = self._tokens.get(key)
+                if cached is None or f"Bearer {cached}" == sent:
+                    cached = self._tokens[key] = self._token(params, scopes)
+                auth = f"Bearer {cached}"
+            else:
                 raise BackendError(
-                    f"registry {self.host}: 401 unauthorized (no credentials given or found)"
+                    f"registry {self.host}: 401 with an unsupported challenge {header!r}"
                 )
-            token = f"{self._creds.username}:{self._creds.password}".encode()
-            self._auth = "Basic " + base64.b64encode(token).decode()
-        elif scheme == "bearer" and params.get("realm"):
-            self._auth = "Bearer " + self._token(params)
-        else:
-            raise BackendError(
-                f"registry {self.host}: 401 with an unsupported challenge {header!r}"
-            )
+            self._auth = auth
 
-    def _token(self, params: dict[str, str]) -> str:
-        query = {"scope": params.get("scope") or self._scope}
+    def _scopes(self, challenge: str) -> list[str]:
+        """Our own scope, plus what the challenge asks for beyond it."""
+        scopes = [self._scope]
+        for scope in challenge.split():
+            kind, _, rest = scope.partition(":")
+            name, _, actions = rest.rpartition(":")
+            covered = (
+                kind == "repository"
+                and name == self.repo
+                and set(actions.split(",")) <= set(self._actions)
+            )
+            if not covered and scope not in scopes:
+                scopes.append(scope)
+        return scopes
+
+    def _token(self, params: dict[str, str], scopes: list[str]) -> str:
+        """A bearer token from the challenge's realm (with Basic credentials when we have any).
+
+        The token server's answer carries it as ``token`` or (OAuth 2 style) ``access_token``.
+        """
+        realm = params["realm"]
+        query: list[tuple[str, Any]] = [("scope", s) for s in scopes]
         if params.get("service"):
-            query["service"] = params["service"]
-        auth = (self._creds.username, self._creds.password) if self._creds else None
+            query.append(("service", params["service"]))
+        creds = self._credentials()
+        if creds is not None:
+            query.append(("account", creds.username))
+        auth = (creds.username, creds.password) if creds else None
         try:
-            resp = self._client.get(params["realm"], params=query, auth=auth)
+            resp = self._client.get(realm, params=query, auth=auth)
         except httpx.TransportError as exc:
-            raise BackendError(
-                f"registry {self.host}: token server {params['realm']}: {exc}"
-            ) from None
+            raise BackendError(f"registry {self.host}: token server {realm}: {exc}") from None
+        if resp.status_code == 401:
+            who = (
+                f"refused the credentials of {creds.username}"
+                if creds
+                else "wants credentials (none given or found)"
+            )
+            raise BackendError(f"registry {self.host}: token server {realm} {who} (HTTP 401)")
         if resp.status_code != 200:
             raise BackendError(
-                f"registry {self.host}: token server refused (HTTP {resp.status_code}"
-                f"{', bad credentials' if resp.status_code == 401 else ''})"
+                f"registry {self.host}: token server {realm} answered HTTP {resp.status_code}"
             )
         try:
             body = resp.json()
             token = body.get("token") or body.get("access_token")
-        except ValueError:
+        except (ValueError, AttributeError):
             token = None
         if not isinstance(token, str) or not token:
-            raise BackendError(f"registry {self.host}: token server gave no token")
+            raise BackendError(f"registry {self.host}: token server {realm} gave no token")
+        log.debug("got a registry token", realm=realm, scopes=scopes)
         return token
 
-    def _send(self, method: str, url: str, stream: bool = False, **kw: Any) -> httpx.Response:
+    def _send(
+        self,
+        method: str,
+        url: str,
+        stream: bool = False,
+        content: bytes | Callable[[], Iterator[bytes]] | None = None,
+        **kw: Any,
+    ) -> httpx.Response:
+        """One request; on a 401, authenticate as the challenge says and send it once more.
+
+        ``content`` may be a function giving a fresh body iterator, so a streamed upload
+        can be sent again too.
+        """
         if not url.startswith(("http://", "https://")):
             url = self.base + url
+        headers = dict(kw.pop("headers", None) or {})
         for attempt in (0, 1):
-            headers = dict(kw.pop("headers", None) or {})
-            if self._auth:
-                headers["Authorization"] = self._auth
-            req = self._client.build_request(method, url, headers=headers, **kw)
-            kw["headers"] = headers
+            sent = self._auth
+            if sent:
+                headers["Authorization"] = sent
+            body = content() if callable(content) else content
+            req = self._client.build_request(method, url, headers=headers, content=body, **kw)
             try:
                 resp = self._client.send(req, stream=stream)
             except httpx.TransportError as exc:
                 raise BackendError(f"registry {self.host}: {method} {url}: {exc}") from None
-            if resp.status_code != 401 or attempt == 1 or "content" in kw:
-                if resp.status_code == 401:
-                    resp.close()
-                    raise BackendError(f"registry {self.host}: 401 unauthorized for {self.repo}")
+            if resp.status_code != 401:
                 return resp
+            if attempt == 1:
+                try:
+                    raise self._unauthorized(resp)
+                finally:
+                    resp.close()
             resp.close()
-            self._authenticate(resp)
+            self._authenticate(resp, sent)
         raise AssertionError("unreachable")
 
     def _check(self, resp: httpx.Response, what: str, ok: tuple[int, ...] = (200,)) -> None:
@@ -252,13 +332,13 @@ class RegistryClient:
         url = str(httpx.URL(self.base + "/").join(location))
         url += ("&" if "?" in url else "?") + f"digest={digest}"
 
-        def body() -> Iterator[bytes]:
+        def body() -> Iterator[bytes]:  # a function: sent again after a 401
             with open(path, "rb") as f:
                 while block := f.read(UPLOAD_BLOCK):
                     yield block
 
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
-        resp = self._send("PUT", url, headers=headers, content=body())
+        resp = self._send("PUT", url, headers=headers, content=body)
         self._check(resp, what, ok=(201, 204))
 
     def put_manifest(self, reference: str, data: bytes, media_type: str) -> None:
