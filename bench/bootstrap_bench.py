@@ -184,10 +184,8 @@ def main() -> None:
     if args.write:
         from bench import results_md
 
-        cmd = " ".join(["python -m bench.bootstrap_bench", *sys.argv[1:]]).replace(" --write", "")
         results_md.write_report(
             "Bootstrap",
-            cmd,
             lines,
             "A synthetic image (one 100,000-entry directory, 100-entry leaf directories, a"
             " 10-level path with 50 siblings per level); open and queries run in a fresh"

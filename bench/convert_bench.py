@@ -119,10 +119,8 @@ def main() -> int:
     if args.write:
         from bench import results_md
 
-        cmd = " ".join(["python -m bench.convert_bench", *sys.argv[1:]]).replace(" --write", "")
         results_md.write_report(
             "Conversion",
-            cmd,
             report,
             "Throughput is uncompressed input MB per second of wall time; `tar -xf` + `zstd -T0`"
             " of the same layer, timed in the same run, is the baseline (target: >= 150 MB/s).",

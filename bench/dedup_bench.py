@@ -112,10 +112,8 @@ def main() -> int:
     if args.write:
         from bench import results_md
 
-        cmd = " ".join(["python -m bench.dedup_bench", *sys.argv[1:]]).replace(" --write", "")
         results_md.write_report(
             "Dedup",
-            cmd,
             report,
             "A is debootstrap of Debian 12 minbase, B is minbase + python3; each packed as a"
             " one-layer tar.gz OCI image (the OCI bytes). B converted with `--chunk-dict A`"

@@ -34,12 +34,15 @@ def _with_header(text: str) -> str:
     return HEADER + ("\n" + text[first.start() :] if first else "")
 
 
-def write_report(title: str, command: str, lines: list[str], note: str = "") -> None:
-    """A section holding a script's printed report verbatim, with the command, the date and
-    the load average it ran under."""
+def write_report(title: str, lines: list[str], note: str = "") -> None:
+    """A section holding the running script's printed report verbatim, with its command line
+    (less ``--write``), the date and the load average it ran under."""
     import datetime
     import os
+    import sys
 
+    module = getattr(sys.modules["__main__"].__spec__, "name", sys.argv[0])
+    command = " ".join(["python -m", module, *(a for a in sys.argv[1:] if a != "--write")])
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     body = (
         f"Command: `{command}` ({datetime.date.today()}, {os.cpu_count()} CPUs, "

@@ -535,39 +535,26 @@ static int serve_read(struct vn_fs *fs, const struct vn_chain *c, const struct r
 
 /* ---- OPEN, FLUSH, RELEASE, OPENDIR, RELEASEDIR, READDIR, READDIRPLUS -------------------------------------- */
 
-/* ImageFS.opendir: fh 0, the policy's flags; a bad node or not a directory is Python's. */
-static int serve_opendir(struct vn_fs *fs, const struct vn_chain *c, const struct req *r,
-                         uint32_t *written)
-{
-    uint8_t out[OUT_HEADER_SIZE + OPEN_OUT_SIZE] = {0};
-    if (r->body_len < OPEN_IN_SIZE || r->max_reply < sizeof(out))
-        return VN_FB_MALFORMED;
-    const uint8_t *rec = inode_rec(fs, r->nodeid);
-    if (rec == NULL || (ld32(rec) & S_IFMT_) != S_IFDIR_)
-        return VN_FB_INODE;
-    st32(out + OUT_HEADER_SIZE + 8, fs->opendir_flags);
-    pack_out_header(out, sizeof(out), 0, r->unique);
-    *written = reply(c, out, sizeof(out));
-    return VN_FB_SERVED;
-}
-
-/* ImageFS.open of a non-directory for reading: fh 0, the policy's flags. Directories
- * (EISDIR), writes and O_TRUNC (EROFS) and bad nodes (ESTALE) are Python's to answer. */
-static int serve_open(struct vn_fs *fs, const struct vn_chain *c, const struct req *r,
+/* ImageFS.open of a non-directory for reading, or ImageFS.opendir of a directory: fh 0
+ * and the policy's flags. The wrong type (EISDIR, ENOTDIR), writes and O_TRUNC (EROFS) and
+ * bad nodes (ESTALE) are Python's to answer. */
+static int serve_open(struct vn_fs *fs, const struct vn_chain *c, const struct req *r, int dir,
                       uint32_t *written)
 {
     uint8_t out[OUT_HEADER_SIZE + OPEN_OUT_SIZE] = {0};
     uint8_t in[OPEN_IN_SIZE];
     if (r->body_len < OPEN_IN_SIZE || r->max_reply < sizeof(out))
         return VN_FB_MALFORMED;
-    vn_chain_read(c, IN_HEADER_SIZE, in, sizeof(in));
-    uint32_t flags = ld32(in);
     const uint8_t *rec = inode_rec(fs, r->nodeid);
-    if (rec == NULL || (ld32(rec) & S_IFMT_) == S_IFDIR_)
+    if (rec == NULL || ((ld32(rec) & S_IFMT_) == S_IFDIR_) != dir)
         return VN_FB_INODE;
-    if ((flags & O_ACCMODE_) != 0 || (flags & O_TRUNC_))
-        return VN_FB_OPCODE; /* EROFS, from Python */
-    st32(out + OUT_HEADER_SIZE + 8, fs->open_flags);
+    if (!dir) {
+        vn_chain_read(c, IN_HEADER_SIZE, in, sizeof(in));
+        uint32_t flags = ld32(in);
+        if ((flags & O_ACCMODE_) != 0 || (flags & O_TRUNC_))
+            return VN_FB_OPCODE; /* EROFS, from Python */
+    }
+    st32(out + OUT_HEADER_SIZE + 8, dir ? fs->opendir_flags : fs->open_flags);
     pack_out_header(out, sizeof(out), 0, r->unique);
     *written = reply(c, out, sizeof(out));
     return VN_FB_SERVED;
@@ -702,64 +689,36 @@ int vn_fs_serve(struct vn_fs *fs, const struct vn_chain *c, uint32_t *written)
     int rc = parse_header(c, &r);
     if (rc != VN_FB_SERVED)
         return rc;
+    int slot; /* which served counter; also which handler */
     switch (r.opcode) {
-    case OP_LOOKUP: case OP_GETATTR: case OP_READ:
-    case OP_OPENDIR: case OP_READDIR: case OP_READDIRPLUS: case OP_RELEASEDIR:
-    case OP_OPEN: case OP_FLUSH: case OP_RELEASE:
-        break;
-    default:
-        return VN_FB_OPCODE;
+    case OP_LOOKUP: slot = VN_FS_LOOKUP; break;
+    case OP_GETATTR: slot = VN_FS_GETATTR; break;
+    case OP_READ: slot = VN_FS_READ; break;
+    case OP_OPEN: slot = VN_FS_OPEN; break;
+    case OP_FLUSH: slot = VN_FS_FLUSH; break;
+    case OP_RELEASE: slot = VN_FS_RELEASE; break;
+    case OP_OPENDIR: slot = VN_FS_OPENDIR; break;
+    case OP_READDIR: slot = VN_FS_READDIR; break;
+    case OP_READDIRPLUS: slot = VN_FS_READDIRPLUS; break;
+    case OP_RELEASEDIR: slot = VN_FS_RELEASEDIR; break;
+    default: return VN_FB_OPCODE;
     }
     if (!__atomic_load_n(&fs->initialized, __ATOMIC_ACQUIRE))
         return VN_FB_NOT_INIT;
-    switch (r.opcode) {
-    case OP_LOOKUP:
-        rc = serve_lookup(fs, c, &r, written);
-        if (rc == VN_FB_SERVED)
-            fs->served[VN_FS_LOOKUP]++;
-        return rc;
-    case OP_GETATTR:
-        rc = serve_getattr(fs, c, &r, written);
-        if (rc == VN_FB_SERVED)
-            fs->served[VN_FS_GETATTR]++;
-        return rc;
-    case OP_READ:
-        rc = serve_read(fs, c, &r, written);
-        if (rc == VN_FB_SERVED)
-            fs->served[VN_FS_READ]++;
-        return rc;
-    case OP_OPENDIR:
-        rc = serve_opendir(fs, c, &r, written);
-        if (rc == VN_FB_SERVED)
-            fs->served[VN_FS_OPENDIR]++;
-        return rc;
-    case OP_READDIR:
-    case OP_READDIRPLUS:
-        rc = serve_readdir(fs, c, &r, r.opcode == OP_READDIRPLUS, written);
-        if (rc == VN_FB_SERVED)
-            fs->served[r.opcode == OP_READDIRPLUS ? VN_FS_READDIRPLUS : VN_FS_READDIR]++;
-        return rc;
-    case OP_OPEN:
-        rc = serve_open(fs, c, &r, written);
-        if (rc == VN_FB_SERVED)
-            fs->served[VN_FS_OPEN]++;
-        return rc;
-    case OP_FLUSH:
-        rc = serve_noop(c, &r, FLUSH_IN_SIZE, written);
-        if (rc == VN_FB_SERVED)
-            fs->served[VN_FS_FLUSH]++;
-        return rc;
-    case OP_RELEASE:
-        rc = serve_noop(c, &r, RELEASE_IN_SIZE, written);
-        if (rc == VN_FB_SERVED)
-            fs->served[VN_FS_RELEASE]++;
-        return rc;
-    default:
-        rc = serve_noop(c, &r, RELEASE_IN_SIZE, written);
-        if (rc == VN_FB_SERVED)
-            fs->served[VN_FS_RELEASEDIR]++;
-        return rc;
+    switch (slot) {
+    case VN_FS_LOOKUP: rc = serve_lookup(fs, c, &r, written); break;
+    case VN_FS_GETATTR: rc = serve_getattr(fs, c, &r, written); break;
+    case VN_FS_READ: rc = serve_read(fs, c, &r, written); break;
+    case VN_FS_OPEN: rc = serve_open(fs, c, &r, 0, written); break;
+    case VN_FS_FLUSH: rc = serve_noop(c, &r, FLUSH_IN_SIZE, written); break;
+    case VN_FS_OPENDIR: rc = serve_open(fs, c, &r, 1, written); break;
+    case VN_FS_READDIR: rc = serve_readdir(fs, c, &r, 0, written); break;
+    case VN_FS_READDIRPLUS: rc = serve_readdir(fs, c, &r, 1, written); break;
+    default: rc = serve_noop(c, &r, RELEASE_IN_SIZE, written); break; /* RELEASE(DIR) */
     }
+    if (rc == VN_FB_SERVED)
+        fs->served[slot]++;
+    return rc;
 }
 
 int vn_fs_drain(struct vn_fs *fs, struct vn_vq *vq, struct vn_chain *chains,

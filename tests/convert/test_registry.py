@@ -114,6 +114,22 @@ def test_missing_tag_and_repo(registry: str, tmp_path: Path) -> None:
     assert not (tmp_path / "o").exists()
 
 
+def _convert_and_push(src: str, out: Path, dest: str, env: dict[str, str]) -> None:
+    """Pull SRC from the registry (plain HTTP), convert it into OUT and push it to DEST."""
+    ok(
+        "convert",
+        src,
+        out,
+        "--tls-verify=false",
+        "--chunk-size",
+        "64K",
+        "--push",
+        dest,
+        "--dest-tls-verify=false",
+        env=env,
+    )
+
+
 def test_basic_auth(source_image: tuple[Path, Path], auth_registry: str, tmp_path: Path) -> None:
     layout, reference = source_image
     _skopeo_push(layout, f"docker://{auth_registry}/priv:v1", "--dest-creds=alice:s3cret")
@@ -133,18 +149,7 @@ def test_basic_auth(source_image: tuple[Path, Path], auth_registry: str, tmp_pat
     auth.write_text(json.dumps({"auths": {auth_registry: {"auth": token}}}))
     env["REGISTRY_AUTH_FILE"] = str(auth)
     out = tmp_path / "out"
-    ok(
-        "convert",
-        src,
-        out,
-        "--tls-verify=false",
-        "--chunk-size",
-        "64K",
-        "--push",
-        f"docker://{auth_registry}/conv:v1",
-        "--dest-tls-verify=false",
-        env=env,
-    )
+    _convert_and_push(src, out, f"docker://{auth_registry}/conv:v1", env)
     assert_same_tree(reference, unpack_tree(out, tmp_path))
     run(
         "skopeo",
@@ -209,18 +214,7 @@ def test_token_auth(
     env = _docker_config(tmp_path, _auths(addr, "alice", "s3cret"))
     tokens.requests.clear()
     out = tmp_path / "out"
-    ok(
-        "convert",
-        src,
-        out,
-        "--tls-verify=false",
-        "--chunk-size",
-        "64K",
-        "--push",
-        f"docker://{addr}/conv:v1",
-        "--dest-tls-verify=false",
-        env=env,
-    )
+    _convert_and_push(src, out, f"docker://{addr}/conv:v1", env)
     assert_same_tree(reference, unpack_tree(out, tmp_path / "a"))
     asked = [(q.user, q.scopes, q.status) for q in tokens.requests]
     # one token per client, each asked once (cached), the push one with pull,push

@@ -10,13 +10,10 @@ from typing import Any
 
 import pytest
 
-from tests.format.helpers import directory, reg
-from tests.format.test_trim import mapping_rss_kb, touch_every_page
+from tests.format.test_trim import mapping_rss_kb, touch_every_page, write_big_bootstrap
 from virtiofsd_nydus.daemon.residency import ResidentBudget
 from virtiofsd_nydus.daemon.virtiofs import VirtioFsDevice
-from virtiofsd_nydus.format.model import Image
 from virtiofsd_nydus.format.reader import Bootstrap
-from virtiofsd_nydus.format.writer import write_bootstrap_file
 from virtiofsd_nydus.fuse.fastpath import FastPath
 from virtiofsd_nydus.fuse.imagefs import ImageFS
 from virtiofsd_nydus.fuse.server import Server
@@ -26,12 +23,7 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="/proc/self/stat
 
 @pytest.fixture(scope="module")
 def boot(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    files = {b"f%06d" % i: reg(i) for i in range(40_000)}
-    image = Image(root=directory({b"d": directory(files)}), blobs=[], chunk_size=1 << 20)
-    path = tmp_path_factory.mktemp("budget") / "image.boot"
-    write_bootstrap_file(image, path)
-    assert path.stat().st_size > 4 << 20
-    return path
+    return write_big_bootstrap(tmp_path_factory.mktemp("budget") / "image.boot")
 
 
 def test_over_budget_a_check_trims_the_mapping(boot: Path) -> None:

@@ -121,22 +121,21 @@ def test_tampered_manifest_blob_is_refused(image: Path, tmp_path: Path) -> None:
     _refused(res, str(blob), _manifest_digest(image), _sha(data))
 
 
+def _serve_copy(start_daemon: DaemonFactory, img: Path, sock_dir: Path, *extra: str) -> None:
+    """Serve the image directory IMG (a changed copy) and read a file through it."""
+    d = start_daemon(
+        "--image", str(img), "--cache-dir", str(sock_dir / "cache"), *extra, serve_image=False
+    )
+    _reads_hello(d)
+
+
 def test_image_without_image_boot_serves_from_its_layer(
     start_daemon: DaemonFactory, image: Path, tmp_path: Path, sock_dir: Path
 ) -> None:
     """As skopeo copies it back: the OCI layout alone, no image.boot."""
     img = _copy(image, tmp_path / "img")
     (img / "image.boot").unlink()
-    d = start_daemon(
-        "--image",
-        str(img),
-        "--cache-dir",
-        str(sock_dir / "cache"),
-        "--manifest-digest",
-        _manifest_digest(image),
-        serve_image=False,
-    )
-    _reads_hello(d)
+    _serve_copy(start_daemon, img, sock_dir, "--manifest-digest", _manifest_digest(image))
     assert not (img / "image.boot").exists()  # spilled to an unnamed file, not into the image
 
 
@@ -159,16 +158,7 @@ def test_image_without_annotation_checks_image_boot_against_its_layer(
 ) -> None:
     img = _copy(image, tmp_path / "img")
     digest = _strip_annotation(img)
-    d = start_daemon(
-        "--image",
-        str(img),
-        "--cache-dir",
-        str(sock_dir / "cache"),
-        "--manifest-digest",
-        digest,
-        serve_image=False,
-    )
-    _reads_hello(d)
+    _serve_copy(start_daemon, img, sock_dir, "--manifest-digest", digest)
     boot = bytearray((img / "image.boot").read_bytes())
     good = _sha(boot)
     boot[len(boot) // 2] ^= 0x01
@@ -176,8 +166,7 @@ def test_image_without_annotation_checks_image_boot_against_its_layer(
     res = _cli("--socket-path", str(tmp_path / "s"), "--image", str(img))
     _refused(res, str(img / "image.boot"), good, _sha(boot))
     (img / "image.boot").unlink()  # and with no image.boot at all, the layer serves
-    d = start_daemon("--image", str(img), "--cache-dir", str(sock_dir / "cache"), serve_image=False)
-    _reads_hello(d)
+    _serve_copy(start_daemon, img, sock_dir)
 
 
 def test_bootstrap_digest(start_daemon: DaemonFactory, image: Path, tmp_path: Path) -> None:

@@ -41,14 +41,18 @@ def touch_every_page(bs: Bootstrap) -> None:
         buf[off]
 
 
-@pytest.fixture(scope="module")
-def boot(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def write_big_bootstrap(path: Path) -> Path:
+    """A bootstrap of FILES files (~5 MiB, many pages) at PATH."""
     files = {b"f%06d" % i: reg(i, mtime_ns=i) for i in range(FILES)}
     image = Image(root=directory({b"d": directory(files)}), blobs=[], chunk_size=1 << 20)
-    path = tmp_path_factory.mktemp("trim") / "image.boot"
     write_bootstrap_file(image, path)
     assert path.stat().st_size > 4 << 20
     return path
+
+
+@pytest.fixture(scope="module")
+def boot(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_big_bootstrap(tmp_path_factory.mktemp("trim") / "image.boot")
 
 
 def test_trim_drops_the_mapping_from_rss(boot: Path) -> None:

@@ -6,8 +6,8 @@ backend) and complete on the event loop, since a queue is not thread-safe; witho
 they run inline on the loop, as virtiofsd's default single worker does.
 
 With a ``FastPath`` (fuse/fastpath.py), request queues pop through its C drain: hot
-requests (LOOKUP, GETATTR, READ of cached chunks) are answered in C, and only the rest
-reach ``handle`` as Chain objects.
+requests (LOOKUP, GETATTR, READ of cached chunks, OPEN, FLUSH, RELEASE and the directory
+ops) are answered in C, and only the rest reach ``handle`` as Chain objects.
 
 Serving an image, the device keeps the bootstrap's resident pages in check
 (``residency.ResidentBudget``): after every pop and every batch Python answers, it trims
@@ -140,8 +140,9 @@ class VirtioFsDevice(VirtioDevice):
     def log_stats(self) -> None:
         """One log line of the requests served so far (Python: by op, with errors; C: by op),
         at each session's end; skipped when nothing changed since the last one."""
-        py = {name: n for name, (n, _) in self.server.stats().items()}
-        errors = {name: e for name, (_, e) in self.server.stats().items() if e}
+        stats = self.server.stats()
+        py = {name: n for name, (n, _) in stats.items()}
+        errors = {name: e for name, (_, e) in stats.items() if e}
         fast = {}
         if self.fastpath is not None:
             fast = {k.removeprefix("served_"): v for k, v in self.fastpath.stats().items() if v}
